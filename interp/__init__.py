@@ -1,0 +1,25 @@
+"""interp: localize memorization in language models through TransformerLens hook points.
+
+The core method is the attention bypass of Menta, Agrawal and Agarwal (NAACL 2025,
+arXiv 2501.05078): in a chosen block, every token attends only to itself while the layer
+norms, value/output projections, MLP and residual connections are kept.
+"""
+
+from interp.interventions import (
+    AttentionBypass,
+    Intervention,
+    MeanAblation,
+    ZeroAblation,
+    apply,
+)
+from interp.models import load_model
+
+__all__ = [
+    "AttentionBypass",
+    "Intervention",
+    "MeanAblation",
+    "ZeroAblation",
+    "apply",
+    "load_model",
+]
+__version__ = "0.1.0"

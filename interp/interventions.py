@@ -1,0 +1,216 @@
+"""Interventions as data: frozen dataclasses that yield TransformerLens ``(hook_name, fn)`` pairs.
+
+``AttentionBypass`` is the "short-circuit" of Menta, Agrawal and Agarwal (NAACL 2025): in the
+chosen blocks (and heads) every token attends only to itself, so each head's output is its own
+value vector, ``z := v``; LayerNorms, value/output projections with their biases, the MLP and
+the residual connections are all kept. The edit is made at ``hook_z`` because GPT-Neo's bridge
+discards edits at ``hook_pattern``; ``hook_z`` works on both GPT-NeoX and GPT-Neo. With a KV
+cache, a decode step's ``z`` covers only the new query positions, which are the last positions
+of ``v``, so the rule still puts all weight on the token itself.
+
+Interventions are applied only inside ``apply(model, ...)`` (or ``model.hooks``/
+``run_with_hooks``); composing interventions is concatenating their hook lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from interp import sites
+from interp.errors import InputError
+
+HookFn = Callable[..., Tensor | None]
+Hook = tuple[str, HookFn]
+
+
+@runtime_checkable
+class Intervention(Protocol):
+    """Anything with ``hooks(model) -> list[(hook_name, fn)]`` and a ``label``."""
+
+    @property
+    def label(self) -> str: ...
+
+    def hooks(self, model) -> list[Hook]: ...
+
+
+def _check_components(model, layers: Sequence[int], heads: Sequence[int] | None, what: str) -> None:
+    n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    if not layers:
+        raise InputError(f"{what} needs at least one layer; got an empty list")
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad:
+        raise InputError(f"{what} layers {bad} are outside the model's blocks 0..{n_layers - 1}")
+    if heads is not None:
+        bad = [h for h in heads if not 0 <= h < n_heads]
+        if bad or not heads:
+            raise InputError(f"{what} heads {list(heads)} must be non-empty and within 0..{n_heads - 1}")
+
+
+def _tuple(xs: int | Sequence[int] | None) -> tuple[int, ...] | None:
+    if xs is None:
+        return None
+    return (int(xs),) if isinstance(xs, int) else tuple(int(x) for x in xs)
+
+
+def _components_label(layers: tuple[int, ...], heads: tuple[int, ...] | None, prefix: str) -> str:
+    if heads is None:
+        return prefix + ",".join(sites.block_label(layer) for layer in layers)
+    return prefix + ",".join(sites.head_label(layer, h) for layer in layers for h in heads)
+
+
+@dataclass(frozen=True)
+class AttentionBypass:
+    """Identity attention (``z := v``) in ``layers``; all heads, or only ``heads`` in each layer."""
+
+    layers: tuple[int, ...]
+    heads: tuple[int, ...] | None = None
+
+    def __init__(self, layers: int | Sequence[int], heads: int | Sequence[int] | None = None):
+        object.__setattr__(self, "layers", _tuple(layers))
+        object.__setattr__(self, "heads", _tuple(heads))
+
+    @property
+    def label(self) -> str:
+        return _components_label(self.layers, self.heads, "")
+
+    def hooks(self, model) -> list[Hook]:
+        _check_components(model, self.layers, self.heads, "AttentionBypass")
+        out: list[Hook] = []
+        for layer in self.layers:
+            out.extend(_bypass_hooks(layer, self.heads))
+        return out
+
+
+def _bypass_hooks(layer: int, heads: tuple[int, ...] | None) -> list[Hook]:
+    store: dict[str, Tensor] = {}
+
+    def keep_v(v: Float[Tensor, "batch kpos head d_head"], hook) -> None:
+        store["v"] = v
+
+    def z_to_v(z: Float[Tensor, "batch qpos head d_head"], hook) -> Tensor:
+        v_self = store.pop("v")[:, -z.shape[1] :]  # queries are the newest key positions
+        if heads is None:
+            return v_self.to(z.dtype).clone()
+        z = z.clone()
+        z[:, :, list(heads)] = v_self[:, :, list(heads)].to(z.dtype)
+        return z
+
+    return [(sites.v(layer), keep_v), (sites.z(layer), z_to_v)]
+
+
+@dataclass(frozen=True)
+class ZeroAblation:
+    """Zero the attention sublayer output of ``layers`` (``hook_attn_out := 0``, bias included),
+    or, with ``heads``, only those heads' ``z`` (their contribution through W_O vanishes)."""
+
+    layers: tuple[int, ...]
+    heads: tuple[int, ...] | None = None
+
+    def __init__(self, layers: int | Sequence[int], heads: int | Sequence[int] | None = None):
+        object.__setattr__(self, "layers", _tuple(layers))
+        object.__setattr__(self, "heads", _tuple(heads))
+
+    @property
+    def label(self) -> str:
+        return _components_label(self.layers, self.heads, "zero:")
+
+    def hooks(self, model) -> list[Hook]:
+        _check_components(model, self.layers, self.heads, "ZeroAblation")
+        if self.heads is None:
+            return [(sites.attn_out(layer), _set_to(0.0)) for layer in self.layers]
+        return [(sites.z(layer), _set_heads_to(self.heads, None)) for layer in self.layers]
+
+
+def _set_to(value: float) -> HookFn:
+    def fn(x: Tensor, hook) -> Tensor:
+        return torch.full_like(x, value)
+
+    return fn
+
+
+def _set_heads_to(heads: tuple[int, ...], means: Tensor | None) -> HookFn:
+    def fn(z: Float[Tensor, "batch pos head d_head"], hook) -> Tensor:
+        z = z.clone()
+        idx = list(heads)
+        z[:, :, idx] = 0.0 if means is None else means[idx].to(z)
+        return z
+
+    return fn
+
+
+@dataclass(frozen=True)
+class MeanAblation:
+    """Replace the attention output of ``layers`` by its mean over a reference batch
+    (over sequences and positions), or with ``heads`` only those heads' ``z``.
+
+    Build it with ``MeanAblation.fit(model, tokens, layers, heads)``; ``means`` maps a layer to
+    a ``[d_model]`` vector (whole block) or a ``[head, d_head]`` array (per head).
+    """
+
+    layers: tuple[int, ...]
+    heads: tuple[int, ...] | None = None
+    means: dict[int, Tensor] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    @torch.no_grad()
+    def fit(
+        cls,
+        model,
+        tokens: Tensor,
+        layers: int | Sequence[int],
+        heads: int | Sequence[int] | None = None,
+    ) -> MeanAblation:
+        layers_t, heads_t = _tuple(layers), _tuple(heads)
+        _check_components(model, layers_t, heads_t, "MeanAblation")
+        names = [sites.attn_out(layer) if heads_t is None else sites.z(layer) for layer in layers_t]
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+        means = {layer: cache[name].float().mean(dim=(0, 1)) for layer, name in zip(layers_t, names)}
+        return cls(layers_t, heads_t, means)
+
+    def __post_init__(self):
+        missing = [layer for layer in self.layers if layer not in self.means]
+        if missing:
+            raise InputError(f"MeanAblation has no means for layers {missing}; build it with MeanAblation.fit")
+
+    @property
+    def label(self) -> str:
+        return _components_label(self.layers, self.heads, "mean:")
+
+    def hooks(self, model) -> list[Hook]:
+        _check_components(model, self.layers, self.heads, "MeanAblation")
+        if self.heads is None:
+            return [(sites.attn_out(layer), _replace_by(self.means[layer])) for layer in self.layers]
+        return [(sites.z(layer), _set_heads_to(self.heads, self.means[layer])) for layer in self.layers]
+
+
+def _replace_by(mean: Float[Tensor, " d_model"]) -> HookFn:
+    def fn(x: Tensor, hook) -> Tensor:
+        return mean.to(x).expand_as(x).clone()
+
+    return fn
+
+
+def hooks_for(model, interventions: Sequence[Intervention]) -> list[Hook]:
+    """Concatenate the hook lists of ``interventions`` (composition)."""
+    out: list[Hook] = []
+    for iv in interventions:
+        out.extend(iv.hooks(model))
+    return out
+
+
+def label_of(interventions: Sequence[Intervention]) -> str:
+    return "+".join(iv.label for iv in interventions) or "baseline"
+
+
+@contextmanager
+def apply(model, *interventions: Intervention) -> Iterator:
+    """Context in which ``interventions`` are active on ``model``; all hooks are removed on exit."""
+    with model.hooks(fwd_hooks=hooks_for(model, interventions)):
+        yield model

@@ -1,0 +1,110 @@
+"""Load a causal LM as a TransformerLens ``TransformerBridge`` in raw (unprocessed) mode.
+
+Sources: a local Hugging Face folder (config, weights, tokenizer), a hub id (online or from the
+local HF cache), or the built-in model organism (``organism``, ``organism:neox``,
+``organism:neo``). Raw mode keeps the HF weights untouched, so logits equal HF's and the
+quantities of the bypass theorem (v, z, LayerNorm gains) mean what the paper means.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from interp.errors import InputError
+
+log = logging.getLogger(__name__)
+
+VERIFIED_FAMILIES = ("gpt_neox", "gpt_neo")
+DEFAULT_MODEL = "organism:neox"
+
+
+def resolve_source(source: str | os.PathLike) -> str:
+    """Map a model spec to something ``boot_transformers`` accepts (absolute folder or hub id)."""
+    spec = str(source)
+    if spec == "organism" or spec.startswith("organism:"):
+        from interp.organism import organism_path
+
+        arch = spec.split(":", 1)[1] if ":" in spec else "neox"
+        injected = arch.endswith("-injected")
+        return str(organism_path(arch.removesuffix("-injected"), injected=injected))
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise InputError(f"model folder {spec!r} has no config.json; expected a Hugging Face model folder")
+        return str(path.resolve())
+    if path.exists():
+        raise InputError(f"model {spec!r} is a file; expected a Hugging Face model folder or hub id")
+    if _looks_like_path(spec):
+        raise InputError(f"model folder {spec!r} does not exist")
+    return spec
+
+
+def _looks_like_path(spec: str) -> bool:
+    """Hub ids are ``name`` or ``org/name``; anything else that is not a folder is a missing path."""
+    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec
+
+
+def load_model(
+    source: str | os.PathLike = DEFAULT_MODEL,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    device_map: str | dict | None = None,
+) -> TransformerBridge:
+    """Return a raw-mode ``TransformerBridge`` in eval mode.
+
+    ``source`` is a local HF folder, a hub id, or ``organism[:neox|:neo]``. ``device_map``
+    (e.g. ``"auto"``) spreads a large model over several GPUs and excludes ``device``.
+    A hub id that is neither cached nor reachable fails at once with an ``InputError``.
+    """
+    name = resolve_source(source)
+    kwargs: dict = {"dtype": dtype}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    else:
+        kwargs["device"] = device
+    try:
+        model = TransformerBridge.boot_transformers(name, **kwargs)
+    except OSError as err:
+        if Path(name).is_dir():
+            raise InputError(f"model folder {name!r} could not be loaded: {err}") from err
+        raise InputError(
+            f"model {name!r} is neither a local folder nor in the Hugging Face cache, and the hub "
+            "cannot be reached (offline); pass a local folder with config.json, weights and tokenizer"
+        ) from err
+    model.eval()
+    family = model_family(model)
+    if family not in VERIFIED_FAMILIES:
+        log.warning("model family %r is not one of %s; the bypass is only verified there", family, VERIFIED_FAMILIES)
+    return model
+
+
+def model_family(model: TransformerBridge) -> str:
+    """HF ``model_type`` of the wrapped model, e.g. ``gpt_neox`` (Pythia) or ``gpt_neo``."""
+    return str(model.original_model.config.model_type)
+
+
+def n_layers(model: TransformerBridge) -> int:
+    return int(model.cfg.n_layers)
+
+
+def n_heads(model: TransformerBridge) -> int:
+    return int(model.cfg.n_heads)
+
+
+def context_length(model: TransformerBridge) -> int:
+    return int(model.cfg.n_ctx)
+
+
+def vocab_size(model: TransformerBridge) -> int:
+    """Rows of the unembedding (may exceed the tokenizer's length, e.g. Pythia's padded 50304)."""
+    return int(model.cfg.d_vocab)
+
+
+def model_name(model: TransformerBridge) -> str:
+    return str(getattr(model.cfg, "model_name", "") or model.original_model.config.name_or_path)
