@@ -12,7 +12,11 @@ import logging
 import os
 from pathlib import Path
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
+from transformers.utils import logging as hf_logging
 from transformer_lens.model_bridge import TransformerBridge
 
 from interp.errors import InputError
@@ -55,12 +59,14 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     device_map: str | dict | None = None,
+    progress: bool = False,
 ) -> TransformerBridge:
     """Return a raw-mode ``TransformerBridge`` in eval mode.
 
     ``source`` is a local HF folder, a hub id, or ``organism[:neox|:neo]``. ``device_map``
     (e.g. ``"auto"``) spreads a large model over several GPUs and excludes ``device``.
     A hub id that is neither cached nor reachable fails at once with an ``InputError``.
+    ``progress`` shows Hugging Face's weight-loading bar (off by default).
     """
     name = resolve_source(source)
     kwargs: dict = {"dtype": dtype}
@@ -69,7 +75,8 @@ def load_model(
     else:
         kwargs["device"] = device
     try:
-        model = TransformerBridge.boot_transformers(name, **kwargs)
+        with _quiet_hf(not progress):
+            model = TransformerBridge.boot_transformers(name, **kwargs)
     except OSError as err:
         if Path(name).is_dir():
             raise InputError(f"model folder {name!r} could not be loaded: {err}") from err
@@ -82,6 +89,18 @@ def load_model(
     if family not in VERIFIED_FAMILIES:
         log.warning("model family %r is not one of %s; the bypass is only verified there", family, VERIFIED_FAMILIES)
     return model
+
+
+@contextmanager
+def _quiet_hf(quiet: bool) -> Iterator[None]:
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if quiet:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def model_family(model: TransformerBridge) -> str:

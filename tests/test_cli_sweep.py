@@ -1,0 +1,108 @@
+"""`interp sweep` end to end on a tiny model, against an independent HF computation."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from interp.cli import main
+from reference import HFBypass, hf_greedy, hf_logits, load_hf
+
+PREFIX, SUFFIX = 6, 5
+
+
+@pytest.fixture
+def data_file(tmp_path, bridge):
+    rows = torch.randint(1, 500, (7, PREFIX + SUFFIX), generator=torch.Generator().manual_seed(3))
+    # make some rows memorized by construction: their suffix is the model's own continuation
+    rows[:4, PREFIX:] = hf_greedy(load_hf(bridge.original_model.config._name_or_path), rows[:4, :PREFIX], SUFFIX)
+    path = tmp_path / "rows.npy"
+    np.save(path, rows.numpy())
+    return path
+
+
+def independent_summary(folder, rows: torch.Tensor, n_layers: int) -> pd.DataFrame:
+    hf = load_hf(folder)
+    records = []
+    for config, layers in [("baseline", [])] + [(f"block:{l}", [l]) for l in range(n_layers)]:
+        with HFBypass(hf, layers):
+            gen = hf_greedy(hf, rows[:, :PREFIX], SUFFIX)
+            logits = hf_logits(hf, rows)[:, PREFIX - 1 : -1].double()
+        p = torch.softmax(logits, -1)
+        ent = -(p * torch.log(p)).sum(-1).sum(-1)
+        same = (gen == rows[:, PREFIX:]).float()
+        records.append(
+            {"config": config, "exact_match": same.prod(1).mean().item(), "token_accuracy": same.mean().item(),
+             "completion_entropy": ent.mean().item()}
+        )  # fmt: skip
+    return pd.DataFrame(records)
+
+
+def test_sweep_writes_summary_matching_independent_computation(tmp_path, tiny_dir, data_file, bridge):
+    out = tmp_path / "out"
+    assert main(["sweep", "--model", str(tiny_dir), "--data", str(data_file), "--prefix-len", str(PREFIX),
+                 "--out", str(out), "--no-progress"]) == 0  # fmt: skip
+    summary = pd.read_csv(out / "summary.csv")
+    L = bridge.cfg.n_layers
+    assert list(summary.columns[:4]) == ["config", "exact_match", "token_accuracy", "completion_entropy"]
+    assert summary.config.tolist() == ["baseline"] + [f"block:{l}" for l in range(L)]
+    ref = independent_summary(tiny_dir, torch.as_tensor(np.load(data_file)), L)
+    for col in ["exact_match", "token_accuracy", "completion_entropy"]:
+        np.testing.assert_allclose(summary[col], ref[col], rtol=1e-5, err_msg=col)
+    assert summary.exact_match[0] == pytest.approx(4 / 7)
+    per_seq = pd.read_parquet(out / "sequences.parquet")
+    assert len(per_seq) == 7 * (L + 1)
+    assert (out / "config.json").is_file()
+
+
+def test_blocks_option_restricts_the_sweep(tmp_path, tiny_dir, data_file):
+    out = tmp_path / "out"
+    main(["sweep", "--model", str(tiny_dir), "--data", str(data_file), "--prefix-len", "6", "--out", str(out),
+          "--blocks", "0,2", "--no-progress"])  # fmt: skip
+    assert pd.read_csv(out / "summary.csv").config.tolist() == ["baseline", "block:0", "block:2"]
+
+
+def _bad(tmp_path, name, arr):
+    path = tmp_path / name
+    np.save(path, arr)
+    return path
+
+
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("float", "2-D integer array"),
+        ("one_d", "2-D integer array"),
+        ("vocab", "outside the model's vocabulary"),
+        ("prefix", "prefix length"),
+        ("context", "more than the model's context"),
+        ("model", "does not exist"),
+        ("blocks", "outside the model's blocks"),
+        ("missing_data", "does not exist"),
+    ],
+)
+def test_bad_input_exits_2_with_one_sentence_and_writes_nothing(tmp_path, tiny_dir, case, message, capsys):
+    good = np.ones((3, 11), dtype=np.int64)
+    data = {
+        "float": _bad(tmp_path, "f.npy", good.astype(float)),
+        "one_d": _bad(tmp_path, "o.npy", good[0]),
+        "vocab": _bad(tmp_path, "v.npy", good * 9999),
+        "context": _bad(tmp_path, "c.npy", np.ones((3, 500), dtype=np.int64)),
+        "missing_data": tmp_path / "nothing.npy",
+    }.get(case, _bad(tmp_path, "g.npy", good))
+    args = ["sweep", "--model", str(tmp_path / "no-model") if case == "model" else str(tiny_dir), "--data", str(data),
+            "--prefix-len", "11" if case == "prefix" else "6", "--out", str(tmp_path / "out"), "--no-progress"]  # fmt: skip
+    if case == "blocks":
+        args += ["--blocks", "0,42"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.count("\n") == 0
+    assert not (tmp_path / "out").exists()
+
+
+def test_console_script_runs_as_a_module(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "interp", "sweep", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "--prefix-len" in proc.stdout
