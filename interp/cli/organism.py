@@ -1,0 +1,169 @@
+"""``interp organism``: the built-in model organism (path, canaries, train, inject, evaluate).
+
+    interp organism path --arch neox [--injected]
+    interp organism canaries --arch neox --duplicates 64 --out FILE.npy   (0 = held-out canaries)
+    interp organism canaries --arch neox --injected --out FILE.npy        (the injected canaries)
+    interp organism train --arch neox [--seed 0] [--out DIR] [--steps N]
+    interp organism inject --arch neox --block 2 [--head 1] [--out DIR]
+    interp organism evaluate --model DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from interp.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("organism", help="the built-in model organism: path, canaries, train, inject, evaluate",
+                              description=__doc__.splitlines()[0])  # fmt: skip
+    sub = p.add_subparsers(dest="organism_command", required=True)
+
+    q = sub.add_parser("path", help="print the folder of a shipped organism")
+    _arch_args(q)
+    q.set_defaults(func=cmd_path)
+
+    q = sub.add_parser("canaries", help="export canary token rows as a 2-D int64 .npy (+ .json beside it)")
+    _arch_args(q)
+    q.add_argument("--model", default=None, help="an organism folder instead of the shipped one")
+    q.add_argument("--duplicates", type=int, default=None,
+                   help="duplication level D (1, 4, 16, 64) or 0 for held-out canaries; "
+                        "with --injected it defaults to the injected canaries")  # fmt: skip
+    q.add_argument("--out", required=True, help="output .npy file")
+    q.set_defaults(func=cmd_canaries)
+
+    q = sub.add_parser("train", help="train an organism from a seed (progress bar; about 15-40 minutes on 2 CPU cores)")
+    q.add_argument("--arch", choices=("neox", "neo"), default="neox")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", default=None, help="output folder (default: ./organism-{arch}-seed{seed})")
+    q.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped models' 1000)")
+    q.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    q.add_argument("--no-progress", action="store_true")
+    q.set_defaults(func=cmd_train)
+
+    q = sub.add_parser("inject", help="inject fresh canaries into one block's attention (or one head) of an organism")
+    q.add_argument("--arch", choices=("neox", "neo"), default="neox")
+    q.add_argument("--parent", default=None, help="parent organism folder (default: the shipped one)")
+    q.add_argument("--block", type=int, required=True)
+    q.add_argument("--head", type=int, default=None)
+    q.add_argument("--canaries", type=int, default=16, help="number of fresh canaries (default 16)")
+    q.add_argument("--max-steps", type=int, default=400)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", default=None, help="output folder (default: ./organism-{arch}-injected)")
+    q.add_argument("--no-progress", action="store_true")
+    q.set_defaults(func=cmd_inject)
+
+    q = sub.add_parser("evaluate", help="recompute an organism folder's final metrics and print them as JSON")
+    q.add_argument("--model", default="organism:neox", help="organism folder or organism[:neox|:neo][-injected]")
+    q.set_defaults(func=cmd_evaluate)
+
+
+def _arch_args(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--arch", choices=("neox", "neo"), default="neox")
+    q.add_argument("--injected", action="store_true", help="the injected variant")
+
+
+def cmd_path(args) -> int:
+    from interp.organism import organism_path
+
+    sys.stdout.write(f"{organism_path(args.arch, injected=args.injected)}\n")
+    return 0
+
+
+def cmd_canaries(args) -> int:
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from interp.models import resolve_source
+    from interp.organism import canaries as C
+    from interp.organism import organism_path
+
+    folder = Path(resolve_source(args.model)) if args.model else organism_path(args.arch, injected=args.injected)
+    if not (folder / "canaries.json").is_file():
+        raise InputError(f"model folder {folder} has no canaries.json; expected an organism folder")
+    canary_list, prefix_len, row_len = C.load_canaries(folder / "canaries.json")
+    if args.duplicates is None:
+        if not args.injected:
+            raise InputError("--duplicates is required (1, 4, 16, 64, or 0 for held-out canaries) unless --injected is given")
+        level: int | str = C.INJECTED
+    else:
+        level = args.duplicates
+    chosen = C.select(canary_list, level)
+    if not chosen:
+        levels = sorted({str(c.level) for c in canary_list})
+        raise InputError(f"--duplicates {level} selects no canaries in {folder}; available levels are {', '.join(levels)}")
+    out = Path(args.out)
+    if out.suffix != ".npy":
+        raise InputError(f"--out must end in .npy; got {args.out!r}")
+    if not out.parent.is_dir():
+        raise InputError(f"the folder of --out ({out.parent}) does not exist")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    rows = C.canary_rows(tokenizer, chosen, prefix_len, row_len)
+    meta = {"prefix_len": prefix_len, "suffix_len": row_len - prefix_len, "row_len": row_len, "level": level,
+            "model": str(folder), "ids": [c.id for c in chosen], "texts": [c.text for c in chosen],
+            "secrets": [c.secret for c in chosen]}  # fmt: skip
+    _atomic_write(out, lambda f: np.save(f, rows, allow_pickle=False))
+    _atomic_write(out.with_suffix(".json"), lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    log.info("wrote %d rows of %d tokens to %s", *rows.shape, out)
+    return 0
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cmd_train(args) -> int:
+    import dataclasses
+
+    from interp.organism.train import TrainConfig, train
+
+    cfg = TrainConfig(arch=args.arch, seed=args.seed, threads=args.threads)
+    if args.steps is not None:
+        if args.steps < 1:
+            raise InputError(f"--steps must be at least 1; got {args.steps}")
+        cfg = dataclasses.replace(cfg, steps=args.steps)
+    out = Path(args.out or f"organism-{args.arch}-seed{args.seed}")
+    folder = train(cfg, out, progress=not args.no_progress)
+    sys.stdout.write(f"{folder}\n")
+    return 0
+
+
+def cmd_inject(args) -> int:
+    from interp.organism import organism_path
+    from interp.organism.inject import inject
+
+    parent = Path(args.parent) if args.parent else organism_path(args.arch)
+    if not (parent / "manifest.json").is_file():
+        raise InputError(f"parent folder {parent} has no manifest.json; expected an organism folder")
+    out = Path(args.out or f"organism-{args.arch}-injected")
+    folder = inject(parent, out, block=args.block, head=args.head, n_canaries=args.canaries,
+                    max_steps=args.max_steps, seed=args.seed, progress=not args.no_progress)  # fmt: skip
+    sys.stdout.write(f"{folder}\n")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from interp.models import resolve_source
+    from interp.organism.evaluate import evaluate_folder
+
+    folder = Path(resolve_source(args.model))
+    if not (folder / "manifest.json").is_file():
+        raise InputError(f"model folder {folder} has no manifest.json; expected an organism folder")
+    sys.stdout.write(json.dumps(evaluate_folder(folder), indent=1) + "\n")
+    return 0

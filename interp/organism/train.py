@@ -1,0 +1,321 @@
+"""Train the model organism from a seed: tokenizer, training stream, model, manifest.
+
+The training stream is the train split of the stdlib corpus (``corpus.py``) mixed at the
+document level with rule-task documents (``rules.py``), cut into ``n_ctx``-token blocks; each
+canary of level D is then written into D randomly chosen blocks (one canary per block, after an
+end-of-text token), so its occurrences are spread uniformly over training. Held-out files and
+held-out canaries never enter the stream, and the tokenizer is trained on corpus and rule text
+only (never on canaries, whose secrets would otherwise become merges).
+
+Models are ordinary Hugging Face causal LMs: ``GPTNeoXForCausalLM`` (parallel residual, rotary
+on 25% of head dims, Pythia-style) or ``GPTNeoForCausalLM`` (sequential residual, alternating
+global/local attention). The saved folder loads with ``interp.models.load_model``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import GPTNeoForCausalLM, GPTNeoXForCausalLM
+
+from interp.organism import canaries as C
+from interp.organism import corpus, rules
+from interp.tiny import EOT, tiny_config, train_bpe_tokenizer
+
+log = logging.getLogger(__name__)
+
+ARCHS = ("neox", "neo")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a trained organism (with the corpus files)."""
+
+    arch: str = "neox"
+    seed: int = 0
+    n_layers: int = 6
+    d_model: int = 192
+    n_heads: int = 4
+    n_ctx: int = 128
+    vocab_size: int = 4096
+    window: int = 64  # GPT-Neo local attention window
+    batch_size: int = 16
+    steps: int = 1000
+    lr: float = 2e-3
+    warmup: int = 50
+    min_lr_frac: float = 0.1
+    weight_decay: float = 0.01
+    rule_fraction: float = 0.1  # share of stream tokens that come from rule-task documents
+    per_level: int = 32
+    n_heldout_canaries: int = 64
+    tokenizer_chars: int = 3_000_000
+    eval_every: int = 100
+    eval_blocks: int = 64  # held-out corpus blocks for the running held-out loss
+    threads: int = 0  # torch threads; 0 keeps torch's default
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}; got {self.arch!r}")
+
+
+def tiny_train_config(arch: str = "neox", **kw) -> TrainConfig:
+    """A configuration that trains in seconds (for tests): 2 blocks, d_model 32, 30 steps."""
+    base = dict(arch=arch, n_layers=2, d_model=32, n_heads=4, n_ctx=192, vocab_size=512, window=16,
+                batch_size=8, steps=30, warmup=2, per_level=2, n_heldout_canaries=2,
+                tokenizer_chars=200_000, eval_every=10, eval_blocks=4)  # fmt: skip
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def rule_document(rng: random.Random, n_examples: int = 8) -> str:
+    """Several rule-task examples (families drawn uniformly), one per line."""
+    names = sorted(rules.FAMILIES)
+    lines = []
+    for _ in range(n_examples):
+        ctx, ans = rules.FAMILIES[rng.choice(names)](rng)
+        lines.append(ctx + ans)
+    return "\n".join(lines) + "\n"
+
+
+def build_tokenizer(cfg: TrainConfig, train_docs: list[tuple[str, str]]):
+    """Byte-level BPE on up to ``tokenizer_chars`` of training text plus rule-task text."""
+    rng = random.Random(f"tokenizer:{cfg.seed}")
+    texts, total = [], 0
+    for _, text in train_docs:
+        if total >= cfg.tokenizer_chars:
+            break
+        texts.append(text)
+        total += len(text)
+    texts += [rule_document(rng) for _ in range(200)]
+    return train_bpe_tokenizer(texts, cfg.vocab_size)
+
+
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def build_stream(cfg: TrainConfig, tokenizer, train_docs, canary_list) -> tuple[np.ndarray, dict]:
+    """``[steps * batch_size, n_ctx]`` int64 training blocks with the canaries written in."""
+    n_blocks = cfg.steps * cfg.batch_size
+    need = n_blocks * cfg.n_ctx
+    rng = random.Random(f"stream:{cfg.seed}")
+    docs = list(train_docs)
+    rng.shuffle(docs)
+    corpus_ids, n_corpus, used = [], 0, []
+    for name, text in docs:  # tokenize corpus documents until the corpus share is covered
+        if n_corpus >= need * (1 - cfg.rule_fraction):
+            break
+        ids = _encode(tokenizer, [text])[0]
+        corpus_ids.append(ids)
+        n_corpus += len(ids) + 1
+        used.append(name)
+    rule_ids, n_rule = [], 0
+    while n_rule < need - n_corpus:
+        ids = _encode(tokenizer, [rule_document(rng)])[0]
+        rule_ids.append(ids)
+        n_rule += len(ids) + 1
+    pieces = corpus_ids + rule_ids
+    rng.shuffle(pieces)
+    flat = np.fromiter((t for p in pieces for t in (*p, 0)), dtype=np.int64)
+    if len(flat) < need:  # corpus exhausted: repeat it (logged in the manifest as epochs > 1)
+        flat = np.tile(flat, math.ceil(need / len(flat)))
+    blocks = flat[:need].reshape(n_blocks, cfg.n_ctx).copy()
+
+    occurrences = [c for c in canary_list if isinstance(c.level, int) and c.level > 0 for _ in range(c.level)]
+    if len(occurrences) > n_blocks:
+        raise ValueError(f"{len(occurrences)} canary occurrences do not fit in {n_blocks} training blocks")
+    slots = rng.sample(range(n_blocks), len(occurrences))
+    canary_ids = {c.id: _encode(tokenizer, [c.text])[0] for c in canary_list}
+    for block, c in zip(slots, occurrences, strict=True):
+        ids = [0, *canary_ids[c.id]]
+        if len(ids) > cfg.n_ctx:
+            raise ValueError(f"canary {c.id} has {len(ids)} tokens; more than n_ctx={cfg.n_ctx}")
+        off = rng.randint(0, cfg.n_ctx - len(ids))
+        blocks[block, off : off + len(ids)] = ids
+    stats = {
+        "blocks": n_blocks, "tokens": need, "corpus_files_used": len(used), "corpus_tokens": n_corpus,
+        "rule_tokens": n_rule, "canary_occurrences": len(occurrences),
+        "canary_tokens": int(sum(len(canary_ids[c.id]) + 1 for c in occurrences)),
+        "corpus_epochs": need / max(1, n_corpus + n_rule),
+    }  # fmt: skip
+    return blocks, stats
+
+
+def heldout_blocks(tokenizer, n_ctx: int, n_blocks: int) -> np.ndarray:
+    """The first ``n_blocks`` full ``n_ctx``-token blocks of the held-out files (sorted by path,
+    joined with end-of-text): the fixed text for held-out loss and perplexity."""
+    flat: list[int] = []
+    for _, text in corpus.documents("heldout"):
+        flat += _encode(tokenizer, [text])[0] + [0]
+        if len(flat) >= n_blocks * n_ctx:
+            break
+    n = min(n_blocks, len(flat) // n_ctx)
+    return np.asarray(flat[: n * n_ctx], dtype=np.int64).reshape(n, n_ctx)
+
+
+def make_model(cfg: TrainConfig, vocab_size: int):
+    """A freshly initialised HF model of ``cfg.arch`` (seeded by the caller)."""
+    config = tiny_config(cfg.arch, n_layers=cfg.n_layers, d_model=cfg.d_model, n_heads=cfg.n_heads,
+                         n_ctx=cfg.n_ctx, vocab_size=vocab_size, window=cfg.window)  # fmt: skip
+    config._attn_implementation = "sdpa" if cfg.arch == "neox" else "eager"  # GPT-Neo has no sdpa
+    return (GPTNeoXForCausalLM if cfg.arch == "neox" else GPTNeoForCausalLM)(config)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up then cosine decay to ``min_lr_frac * lr``."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+@torch.no_grad()
+def mean_loss(model, blocks: np.ndarray, batch_size: int = 16) -> float:
+    """Mean next-token cross-entropy (nats) over all positions of ``blocks``."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(blocks), batch_size):
+        x = torch.from_numpy(blocks[i : i + batch_size])
+        logits = model(input_ids=x).logits[:, :-1]
+        total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum"))
+        count += x[:, 1:].numel()
+    model.train(was_training)
+    return total / count
+
+
+@torch.no_grad()
+def quick_em(model, rows: np.ndarray, prefix_len: int) -> float:
+    """Exact match of greedy continuations, computed on the HF model without a cache (for the
+    training curve only; final numbers use ``interp.generation``)."""
+    if len(rows) == 0:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    seq = torch.from_numpy(rows[:, :prefix_len])
+    for _ in range(rows.shape[1] - prefix_len):
+        seq = torch.cat([seq, model(input_ids=seq).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    model.train(was_training)
+    return float((seq[:, prefix_len:] == torch.from_numpy(rows[:, prefix_len:])).all(1).float().mean())
+
+
+def train_loop(model, blocks: np.ndarray, cfg: TrainConfig, *, eval_fn=None, progress: bool = True,
+               grad_mask: dict | None = None, desc: str = "train", stop_when=None) -> list[dict]:  # fmt: skip
+    """AdamW over ``blocks`` in order, ``cfg.batch_size`` blocks per step, for ``len(blocks) //
+    batch_size`` steps. ``grad_mask`` maps parameter names to 0/1 tensors that multiply the
+    gradients (parameters absent from it must have ``requires_grad=False``). Returns the curve:
+    one dict per ``eval_every`` steps with the mean training loss since the last entry and
+    whatever ``eval_fn(model)`` returns. Training stops early after an entry for which
+    ``stop_when(entry)`` is true."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg.lr, betas=(0.9, 0.95))  # fmt: skip
+    named = dict(model.named_parameters())
+    n_steps = len(blocks) // cfg.batch_size
+    curve, losses, t0 = [], [], time.time()
+    model.train()
+    bar = tqdm(range(n_steps), desc=desc, disable=not progress)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        x = torch.from_numpy(blocks[step * cfg.batch_size : (step + 1) * cfg.batch_size])
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_mask:
+            for name, mask in grad_mask.items():
+                named[name].grad.mul_(mask)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == n_steps:
+            entry = {"step": step + 1, "train_loss": float(np.mean(losses)), "lr": lr_at(step, cfg),
+                     "elapsed_s": round(time.time() - t0, 1)}  # fmt: skip
+            if eval_fn is not None:
+                entry.update(eval_fn(model))
+            curve.append(entry)
+            losses = []
+            bar.set_postfix({k: round(v, 3) for k, v in entry.items() if k not in ("step", "lr")})
+            log.info("%s", entry)
+            if stop_when is not None and stop_when(entry):
+                break
+    model.eval()
+    return curve
+
+
+def save_folder(out: Path, model, tokenizer, canary_list, manifest: dict, prefix_len: int, row_len: int) -> Path:
+    """Write model, tokenizer, canaries.json and manifest.json to ``out`` atomically (via a
+    temporary sibling folder, so a failure leaves nothing half-written)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    tmp.chmod(0o755)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        C.save_canaries(tmp / "canaries.json", canary_list, prefix_len, row_len)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, evaluate_final: bool = True) -> Path:
+    """Train an organism from ``cfg`` and save it as an HF folder at ``out``; return the folder.
+
+    The folder holds the weights (safetensors), config, tokenizer, ``canaries.json`` (trained,
+    held-out) and ``manifest.json`` (seed, hyperparameters, corpus hashes, stream statistics,
+    training curve, final metrics from ``interp.organism.evaluate``)."""
+    from interp.organism import evaluate  # imports the bridge; keep train importable without it
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    t_start = time.time()
+    torch.manual_seed(cfg.seed)
+    train_docs = corpus.documents("train")
+    tokenizer = build_tokenizer(cfg, train_docs)
+    canary_list = C.make_canaries(cfg.seed, cfg.per_level, cfg.n_heldout_canaries)
+    prefix_len, row_len = C.PREFIX_LEN, C.ROW_LEN
+    blocks, stats = build_stream(cfg, tokenizer, train_docs, canary_list)
+    held = heldout_blocks(tokenizer, cfg.n_ctx, cfg.eval_blocks)
+    rows = {d: C.canary_rows(tokenizer, C.select(canary_list, d), prefix_len, row_len) for d in (1, 64)}
+
+    def eval_fn(model):
+        return {"heldout_loss": mean_loss(model, held), **{f"em_D{d}": quick_em(model, r, prefix_len) for d, r in rows.items()}}
+
+    model = make_model(cfg, len(tokenizer))
+    curve = train_loop(model, blocks, cfg, eval_fn=eval_fn, progress=progress, desc=f"train {cfg.arch}")
+    train_seconds = time.time() - t_start
+    model.config._attn_implementation = "eager"
+    records = corpus.file_records()
+    manifest = {
+        "kind": "organism", "arch": cfg.arch, "seed": cfg.seed, "config": dataclasses.asdict(cfg),
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "python": corpus.python_version(), "torch": torch.__version__,
+        "corpus": {"fingerprint": corpus.corpus_fingerprint(records), "files": records},
+        "stream": stats, "prefix_len": prefix_len, "row_len": row_len,
+        "train_seconds": round(train_seconds, 1), "torch_threads": torch.get_num_threads(), "curve": curve,
+    }  # fmt: skip
+    folder = save_folder(Path(out), model, tokenizer, canary_list, manifest, prefix_len, row_len)
+    if evaluate_final:
+        manifest["final"] = evaluate.evaluate_folder(folder, progress=progress)
+        (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return folder
