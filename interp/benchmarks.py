@@ -1,0 +1,387 @@
+"""Generalization benchmarks under interventions, with lm-evaluation-harness semantics.
+
+The accuracy side of the trade-off in Menta, Agrawal and Agarwal (NAACL 2025): bypassing a late
+block should remove memorization while zero-shot benchmark accuracy holds. Scoring follows
+EleutherAI's lm-evaluation-harness (``TemplateLM._encode_pair``, ``HFLM.tok_encode``,
+``HFLM._loglikelihood_tokens``, ``ConfigurableTask.process_results`` for ``multiple_choice``,
+``get_rolling_token_windows`` for ``loglikelihood_rolling``):
+
+* Encoding a (context, continuation) pair: trailing whitespace of the context is moved to the
+  front of the continuation; then ``whole = encode(context + continuation)``,
+  ``ctx = encode(context)`` and the continuation's tokens are ``whole[len(ctx):]``. An empty
+  context becomes the end-of-text token. ``encode`` adds no special tokens: the harness's HF
+  model passes ``add_special_tokens=False`` for causal LMs unless ``add_bos_token`` is set,
+  which it is not for GPT-NeoX (Pythia) or GPT-Neo, so neither family gets a BOS. (The bridge
+  prepends BOS to *strings* for GPT-Neo; we tokenize ourselves and pass token tensors.)
+* Scoring: the model reads ``(ctx + cont)[-(n_ctx + 1):][:-1]`` (left truncation) and the
+  score is the sum of the log-softmax of the continuation tokens. Batches are padded on the
+  right, which a causal model never attends to, and only real positions are read.
+* Multiple choice (zero-shot): ``acc = 1[argmax_i score_i == gold]``; ``acc_norm`` ranks
+  ``score_i / len(choice_i)`` in characters. Ties go to the lowest index (``np.argmax``). The
+  harness measures the choice without its target delimiter; our items carry the delimiter, so
+  an item may name it (``"delimiter": " "``) to get the harness's lengths exactly.
+* Perplexity (``loglikelihood_rolling``): the text's tokens are cut into windows of at most
+  ``n_ctx`` predicted tokens; the first window is predicted from the end-of-text token, each
+  later one from the tokens before it (at least ``context_len - 1`` of them; the harness uses
+  ``context_len = 1``, i.e. disjoint windows). Every token is scored exactly once.
+
+Tasks are JSONL files, one item per line: ``{"context": str, "choices": [str, ...], "gold": int}``
+(plus the optional ``"delimiter"``), or the built-in organism tasks of ``interp.tasks`` by name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from interp import tasks as task_registry
+from interp.errors import InputError
+from interp.generation import batches
+from interp.interventions import Intervention, apply
+
+Request = tuple[list[int], list[int]]  # (context token ids, continuation token ids)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One multiple-choice question; each choice carries its leading delimiter (e.g. ``" yes"``)."""
+
+    context: str
+    choices: tuple[str, ...]
+    gold: int
+    delimiter: str = ""
+
+    def norm_lengths(self) -> np.ndarray:
+        """Character lengths for ``acc_norm`` (without ``delimiter`` where a choice starts with it)."""
+        d = len(self.delimiter)
+        return np.array([float(len(c) - d if d and c.startswith(self.delimiter) else len(c)) for c in self.choices])
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    items: tuple[Item, ...]
+    kind: str = "user"  # "language", "reasoning" (built-in) or "user" (a JSONL file)
+
+    @property
+    def chance(self) -> float:
+        """Expected accuracy of a uniform random guess."""
+        return float(np.mean([1.0 / len(it.choices) for it in self.items]))
+
+
+# ---------------------------------------------------------------- loading tasks
+
+
+def load_task(path: str | Path, *, name: str | None = None, kind: str = "user") -> Task:
+    """Read a JSONL task file; the task is named after the file's stem unless ``name`` is given."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"task file {str(path)!r} does not exist")
+    items = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            items.append(_parse_item(line, f"{path}:{lineno}"))
+    if not items:
+        raise InputError(f"task file {str(path)!r} holds no items")
+    return Task(name or path.stem, tuple(items), kind)
+
+
+def _parse_item(line: str, where: str) -> Item:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{where} is not valid JSON ({err.msg})") from None
+    expected = 'expected {"context": str, "choices": [str, ...], "gold": int}'
+    if not isinstance(obj, dict):
+        raise InputError(f"{where}: {expected}; found {type(obj).__name__}")
+    ctx, choices, gold = obj.get("context"), obj.get("choices"), obj.get("gold")
+    if not isinstance(ctx, str) or not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+        raise InputError(f"{where}: {expected}; found keys {sorted(obj)}")
+    if len(choices) < 2 or any(c == "" for c in choices):
+        raise InputError(f"{where}: needs at least two non-empty choices; found {choices!r}")
+    if not isinstance(gold, int) or isinstance(gold, bool) or not 0 <= gold < len(choices):
+        raise InputError(f"{where}: gold must be an integer index into the {len(choices)} choices; found {gold!r}")
+    delimiter = obj.get("delimiter", "")
+    if not isinstance(delimiter, str):
+        raise InputError(f"{where}: delimiter must be a string; found {delimiter!r}")
+    return Item(ctx, tuple(choices), gold, delimiter)
+
+
+def resolve_tasks(spec: str | Sequence[str]) -> list[Task]:
+    """Tasks from a comma-separated list (or a sequence) of JSONL paths and built-in task names."""
+    parts = [p.strip() for p in spec.split(",")] if isinstance(spec, str) else [str(p) for p in spec]
+    parts = [p for p in parts if p]
+    if not parts:
+        raise InputError("tasks must name at least one JSONL file or built-in task; got none")
+    out = [_resolve_one(p) for p in parts]
+    names = [t.name for t in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise InputError(f"task names must be unique; {dupes} appear more than once")
+    return out
+
+
+def _resolve_one(part: str) -> Task:
+    if part in task_registry.BUILTIN:
+        return load_task(task_registry.path_of(part), name=part, kind=task_registry.BUILTIN[part])
+    if part.endswith(".jsonl") or Path(part).exists():
+        return load_task(part)
+    raise InputError(
+        f"task {part!r} is neither a .jsonl file nor a built-in task; built-ins are {sorted(task_registry.BUILTIN)}"
+    )
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` with no special tokens (the harness's ``tok_encode`` for these families)."""
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> Request:
+    """The harness's ``_encode_pair`` (an empty context becomes the end-of-text token)."""
+    if context == "":
+        return [int(tokenizer.eos_token_id)], encode(tokenizer, continuation)
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces > 0:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    whole, ctx = encode(tokenizer, context + continuation), encode(tokenizer, context)
+    return ctx, whole[len(ctx) :]
+
+
+def task_requests(tokenizer, task: Task) -> list[Request]:
+    """One request per (item, choice), item-major."""
+    return [encode_pair(tokenizer, it.context, c) for it in task.items for c in it.choices]
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def _model_input(req: Request, n_ctx: int, where: str) -> tuple[list[int], list[int]]:
+    """Harness input ``(ctx + cont)[-(n_ctx + 1):][:-1]`` and the continuation's tokens."""
+    ctx, cont = req
+    if not cont:
+        raise InputError(f"{where}: the continuation encodes to no tokens")
+    if len(cont) > n_ctx:
+        raise InputError(f"{where}: the continuation has {len(cont)} tokens, more than the context length {n_ctx}")
+    return (ctx + cont)[-(n_ctx + 1) :][:-1], cont
+
+
+def check_requests(model, requests: Sequence[Request], what: str = "request") -> None:
+    """Raise ``InputError`` if a continuation is empty or longer than the model's context."""
+    n_ctx = int(model.cfg.n_ctx)
+    for i, r in enumerate(requests):
+        _model_input(r, n_ctx, f"{what} {i}")
+
+
+@torch.no_grad()
+def loglikelihoods(
+    model,
+    requests: Sequence[Request],
+    interventions: Sequence[Intervention] = (),
+    *,
+    batch_size: int = 32,
+    progress: bool = True,
+    desc: str = "loglikelihood",
+) -> tuple[Float[np.ndarray, " n"], Bool[np.ndarray, " n"]]:
+    """Sum of log-probabilities (nats) of each request's continuation given its context, and
+    whether the continuation is the greedy one (every token the argmax), in request order.
+
+    Requests are sorted longest first (as the harness does), padded on the right with id 0 and
+    scored under ``interventions``; padding never changes a score (tested).
+    """
+    n_ctx = int(model.cfg.n_ctx)
+    inputs = [_model_input(r, n_ctx, f"request {i}") for i, r in enumerate(requests)]
+    order = np.array(sorted(range(len(inputs)), key=lambda i: -len(inputs[i][0])), dtype=np.int64)
+    scores, greedy = np.zeros(len(inputs)), np.zeros(len(inputs), dtype=bool)
+    with apply(model, *interventions):
+        for sl in tqdm(list(batches(len(order), batch_size)), desc=desc, disable=not progress, leave=False):
+            idx = order[sl]
+            scores[idx], greedy[idx] = _score_batch(model, [inputs[i] for i in idx])
+    return scores, greedy
+
+
+def _score_batch(model, batch: list[tuple[list[int], list[int]]]) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded forward pass; each row's score reads only its own real positions."""
+    lengths = [len(inp) for inp, _ in batch]
+    tokens = torch.zeros((len(batch), max(lengths)), dtype=torch.long)
+    for row, (inp, _) in enumerate(batch):
+        tokens[row, : len(inp)] = torch.tensor(inp)
+    logits = model(tokens.to(model.cfg.device), return_type="logits")
+    pairs = [
+        _continuation_score(logits[row, length - len(cont) : length], torch.tensor(cont))
+        for row, ((_, cont), length) in enumerate(zip(batch, lengths))
+    ]
+    return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs], dtype=bool)
+
+
+def _continuation_score(logits: Float[Tensor, "cont vocab"], cont: Int[Tensor, " cont"]) -> tuple[float, bool]:
+    """Logits at position t predict token t+1, so row j of ``logits`` scores ``cont[j]``."""
+    logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+    score = logp.gather(1, cont[:, None]).sum(dtype=torch.float64)
+    return float(score), bool((logp.argmax(-1) == cont).all())
+
+
+# ---------------------------------------------------------------- multiple choice
+
+
+def item_scores(scores: Float[np.ndarray, " n"], task: Task) -> list[Float[np.ndarray, " choices"]]:
+    """Split item-major request scores back into one array per item."""
+    bounds = np.cumsum([0] + [len(it.choices) for it in task.items])
+    return [scores[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def mc_metrics(task: Task, scores: Sequence[np.ndarray]) -> dict[str, float]:
+    """``acc``, ``acc_norm`` (means over items), their standard errors, ``n_items`` and ``chance``."""
+    acc = np.array([float(np.argmax(s) == it.gold) for it, s in zip(task.items, scores)])
+    norm = np.array([float(np.argmax(s / it.norm_lengths()) == it.gold) for it, s in zip(task.items, scores)])
+    return {
+        "acc": float(acc.mean()),
+        "acc_norm": float(norm.mean()),
+        "acc_stderr": _stderr(acc),
+        "acc_norm_stderr": _stderr(norm),
+        "n_items": len(acc),
+        "chance": task.chance,
+    }
+
+
+def _stderr(x: np.ndarray) -> float:
+    """Standard error of the mean with the sample standard deviation, as the harness reports it."""
+    return float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
+
+
+def evaluate_task(
+    model,
+    task: Task,
+    interventions: Sequence[Intervention] = (),
+    *,
+    requests: list[Request] | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Zero-shot multiple-choice metrics of ``task`` under ``interventions`` (see ``mc_metrics``)."""
+    requests = requests if requests is not None else task_requests(model.tokenizer, task)
+    scores, _ = loglikelihoods(model, requests, interventions, batch_size=batch_size, progress=progress, desc=task.name)
+    return mc_metrics(task, item_scores(scores, task))
+
+
+def evaluate(
+    model,
+    tasks: Sequence[Task],
+    configs: dict[str, Sequence[Intervention]],
+    *,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Tidy accuracy table: one row per (config, task) with columns ``config, task, acc,
+    acc_norm, kind, n_items, chance, acc_stderr, acc_norm_stderr``. Each task is tokenized once."""
+    requests = {t.name: task_requests(model.tokenizer, t) for t in tasks}
+    for t in tasks:  # fail on unusable items before any forward pass
+        check_requests(model, requests[t.name], f"task {t.name!r}")
+    rows = []
+    for label, ivs in tqdm(configs.items(), desc="configs", disable=not progress):
+        for t in tasks:
+            m = evaluate_task(model, t, ivs, requests=requests[t.name], batch_size=batch_size, progress=progress)
+            rows.append({"config": label, "task": t.name, "kind": t.kind, **m})
+    cols = ["config", "task", "acc", "acc_norm", "kind", "n_items", "chance", "acc_stderr", "acc_norm_stderr"]
+    return pd.DataFrame.from_records(rows, columns=cols)
+
+
+# ---------------------------------------------------------------- perplexity
+
+
+def rolling_windows(tokens: list[int], prefix_token: int, max_len: int, context_len: int = 1) -> list[Request]:
+    """The harness's ``get_rolling_token_windows`` + ``make_disjoint_window``: (context,
+    continuation) requests that together predict every token of ``tokens`` exactly once."""
+    if not 1 <= context_len <= max_len:
+        raise InputError(f"context_len must be within 1..{max_len}; got {context_len}")
+    out: list[Request] = []
+    pred_len, first = max_len - context_len + 1, min(max_len, len(tokens))
+    if tokens:
+        out.append(([prefix_token], tokens[:first]))
+    done = first
+    while done < len(tokens):
+        n = min(len(tokens) - done, pred_len)
+        end = done + n
+        window = tokens[max(0, end - max_len - 1) : end - 1]
+        out.append((window[: len(window) - (n - 1)], tokens[end - n : end]))
+        done = end
+    return out
+
+
+def perplexity(
+    model,
+    texts: Sequence[str],
+    interventions: Sequence[Intervention] = (),
+    *,
+    context_len: int = 1,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Token-level perplexity of ``texts`` (``loglikelihood_rolling``, windows of ``n_ctx``).
+
+    Returns ``nll`` (total nats), ``n_tokens``, ``n_bytes`` (UTF-8), ``token_perplexity =
+    exp(nll / n_tokens)`` and ``bits_per_byte = nll / (n_bytes ln 2)``.
+    """
+    tok = model.tokenizer
+    requests = [r for t in texts for r in rolling_windows(encode(tok, t), int(tok.eos_token_id), int(model.cfg.n_ctx), context_len)]
+    if not requests:
+        raise InputError("perplexity needs at least one non-empty text")
+    scores, _ = loglikelihoods(model, requests, interventions, batch_size=batch_size, progress=progress, desc="perplexity")
+    nll, n_tokens = -float(scores.sum()), sum(len(c) for _, c in requests)
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    return {
+        "nll": nll,
+        "n_tokens": n_tokens,
+        "n_bytes": n_bytes,
+        "token_perplexity": math.exp(nll / n_tokens),
+        "bits_per_byte": nll / (n_bytes * math.log(2)),
+    }
+
+
+# ---------------------------------------------------------------- joined table
+
+
+def relative_drop(acc: pd.DataFrame, metric: str = "acc") -> pd.Series:
+    """``(baseline - value) / baseline`` per row, the baseline being the same task's
+    ``config == "baseline"`` row (NaN when the baseline accuracy is 0)."""
+    base = acc[acc["config"] == "baseline"].set_index("task")[metric]
+    missing = sorted(set(acc["task"]) - set(base.index))
+    if missing:
+        raise InputError(f"accuracy table has no baseline row for tasks {missing}")
+    b = acc["task"].map(base).replace(0.0, np.nan)
+    return (b - acc[metric]) / b
+
+
+def joined_table(acc: pd.DataFrame, memorization: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per config: memorization summary columns (``interp.memorization.summarize``), then
+    ``acc:<task>`` and ``drop:<task>`` per task, then ``acc_<kind>`` and ``drop_<kind>``, the
+    means over the tasks of each kind (``language``, ``reasoning``, ``user``). Configs keep the
+    accuracy table's order; a config missing from the memorization summary gets NaN there."""
+    acc = acc.assign(drop=relative_drop(acc))
+    configs = list(dict.fromkeys(acc["config"]))
+    wide = [_pivot(acc, "acc"), _pivot(acc, "drop")]
+    for kind in dict.fromkeys(acc["kind"]):
+        part = acc[acc["kind"] == kind].groupby("config", sort=False)[["acc", "drop"]].mean()
+        wide.append(part.add_suffix(f"_{kind}"))
+    out = pd.concat(wide, axis=1).reindex(configs)
+    if memorization is not None:
+        out = memorization.set_index("config").reindex(configs).join(out)
+    return out.rename_axis("config").reset_index()
+
+
+def _pivot(acc: pd.DataFrame, metric: str) -> pd.DataFrame:
+    tasks = list(dict.fromkeys(acc["task"]))
+    wide = acc.pivot(index="config", columns="task", values=metric)[tasks]
+    return wide.rename(columns=lambda t: f"{metric}:{t}")

@@ -1,0 +1,95 @@
+"""``interp bench``: zero-shot multiple-choice accuracy, baseline and each block's attention bypassed.
+
+Writes into ``--out``: ``accuracy.csv`` (one row per config x task: ``config,task,acc,acc_norm``
+then ``kind,n_items,chance`` and standard errors), ``joined.csv`` (one row per config: accuracy
+per task, relative drop from baseline, language/reasoning averages, and with
+``--with-memorization`` the memorization means of ``interp sweep`` first) and ``config.json``.
+With ``--with-memorization`` also ``sequences.parquet`` and ``memorization.csv``. Scoring
+follows lm-evaluation-harness (see ``interp.benchmarks``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+
+from interp import results
+from interp.benchmarks import evaluate, joined_table, resolve_tasks
+from interp.cli.common import add_model_arg, parse_int_list
+from interp.data import load_rows, validate_for_model
+from interp.errors import InputError
+from interp.memorization import block_configs, summarize, sweep
+from interp.models import load_model, model_name
+from interp.tasks import BUILTIN
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="benchmark accuracy with each block's attention bypassed", description=__doc__)
+    add_model_arg(p)
+    p.add_argument("--tasks", default=",".join(BUILTIN),
+                   help="comma-separated JSONL task files and/or built-in task names (default: every built-in task: "
+                        + ", ".join(BUILTIN) + ")")  # fmt: skip
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--blocks", help="comma-separated blocks to bypass (default: every block)")
+    p.add_argument("--with-memorization", metavar="FILE", help="memorized rows (.npy or .jsonl) to sweep and join")
+    p.add_argument("--prefix-len", type=int, help="prompt tokens of each memorized row (with --with-memorization)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=run)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if (args.with_memorization is None) != (args.prefix_len is None):
+        raise InputError("--with-memorization and --prefix-len must be given together")
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1; got {args.batch_size}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise InputError(f"--out {args.out!r} is a file; expected a folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    tasks = resolve_tasks(args.tasks)
+    blocks = parse_int_list(args.blocks, "--blocks")
+    model = load_model(args.model, device=args.device)
+    configs = block_configs(model, blocks)
+    rows = _load_memorized(args, model)
+    progress = not args.no_progress
+    acc = evaluate(model, tasks, configs, batch_size=args.batch_size, progress=progress)
+    out = Path(args.out)
+    summary = None
+    if rows is not None:
+        seqs = sweep(model, rows, args.prefix_len, configs=configs, batch_size=args.batch_size, progress=progress)
+        summary = summarize(seqs)
+        results.write_parquet(seqs, out / "sequences.parquet")
+        results.write_csv(summary, out / "memorization.csv")
+    results.write_csv(acc, out / "accuracy.csv")
+    results.write_csv(joined_table(acc, summary), out / "joined.csv")
+    results.write_json(_config(args, model, tasks, configs), out / "config.json")
+    return 0
+
+
+def _load_memorized(args: argparse.Namespace, model):
+    """Memorized rows (validated against the model), or None without ``--with-memorization``."""
+    if args.with_memorization is None:
+        return None
+    rows = load_rows(args.with_memorization, tokenizer=model.tokenizer)
+    validate_for_model(rows, args.prefix_len, model)
+    return rows
+
+
+def _config(args: argparse.Namespace, model, tasks, configs) -> dict:
+    config = {
+        "command": "bench",
+        "model": str(args.model),
+        "model_name": model_name(model),
+        "tasks": {t.name: {"kind": t.kind, "n_items": len(t.items)} for t in tasks},
+        "configs": list(configs),
+        "batch_size": args.batch_size,
+    }
+    if args.with_memorization is not None:
+        data = Path(args.with_memorization)
+        config |= {"memorization": str(data), "memorization_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
+                   "prefix_len": args.prefix_len}  # fmt: skip
+    return config

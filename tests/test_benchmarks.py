@@ -1,0 +1,293 @@
+"""Benchmarks: lm-eval encoding and scoring against a direct HF computation, metrics, batching,
+bypass configs, perplexity windows, the joined table, shipped tasks and the ``bench`` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from jaxtyping import install_import_hook
+from transformers import AutoModelForCausalLM
+
+with install_import_hook("interp.benchmarks", "beartype.beartype"):
+    from interp import benchmarks as B
+
+from interp import cli
+from interp import tasks as T
+from interp.errors import InputError
+from interp.interventions import AttentionBypass
+from interp.models import load_model
+from interp.tiny import make_tiny_model
+
+ITEMS = [
+    B.Item("The logger writes", (" a message", " to the handler", " json"), 1),
+    B.Item("def parse(self, text):\n    return ", ("self.parse(text)", "None", "json.loads(text, strict=False)"), 0),
+    B.Item("import json ", ("email", "logging"), 0),  # trailing space moves onto the continuation
+    B.Item("", (" header", " value of the field"), 1),  # empty context: end-of-text token
+]
+TASK = B.Task("hand", tuple(ITEMS))
+
+
+@pytest.fixture(scope="module", params=["neox", "neo"])
+def tiny(request, tmp_path_factory):
+    folder = make_tiny_model(tmp_path_factory.mktemp(request.param), request.param, seed=1, n_ctx=64)
+    return folder, load_model(folder)
+
+
+def hf_score(hf, tok, context: str, continuation: str) -> float:
+    """Independent reference: harness encoding spelled out, log-softmax by hand."""
+    if context:
+        n = len(context) - len(context.rstrip())
+        if n:
+            context, continuation = context[:-n], context[-n:] + continuation
+        ctx = tok.encode(context, add_special_tokens=False)
+        cont = tok.encode(context + continuation, add_special_tokens=False)[len(ctx) :]
+    else:
+        ctx, cont = [tok.eos_token_id], tok.encode(continuation, add_special_tokens=False)
+    ids = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        logits = hf(ids).logits[0].double()
+    logp = logits - logits.exp().sum(-1, keepdim=True).log()
+    return float(sum(logp[len(ctx) - 1 + j, t] for j, t in enumerate(cont)))
+
+
+def test_encode_pair_moves_trailing_whitespace(tiny):
+    _, model = tiny
+    tok = model.tokenizer
+    assert B.encode_pair(tok, "import json ", "email") == B.encode_pair(tok, "import json", " email")
+    ctx, cont = B.encode_pair(tok, "The logger", " writes")
+    assert ctx + cont == tok.encode("The logger writes", add_special_tokens=False)
+    assert B.encode_pair(tok, "", " x")[0] == [tok.eos_token_id]
+    assert tok.eos_token_id not in B.encode(tok, "The logger")  # no BOS on either family
+
+
+def test_scores_equal_direct_hf_computation(tiny):
+    folder, model = tiny
+    hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    ours, _ = B.loglikelihoods(model, B.task_requests(model.tokenizer, TASK), batch_size=4, progress=False)
+    ref = [hf_score(hf, model.tokenizer, it.context, c) for it in ITEMS for c in it.choices]
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-4)
+
+
+def test_batching_does_not_change_scores(tiny):
+    _, model = tiny
+    reqs = B.task_requests(model.tokenizer, TASK)
+    one, g1 = B.loglikelihoods(model, reqs, batch_size=1, progress=False)
+    many, g2 = B.loglikelihoods(model, reqs, batch_size=5, progress=False)
+    np.testing.assert_allclose(one, many, rtol=1e-5, atol=1e-5)
+    assert (g1 == g2).all()
+
+
+def test_acc_on_items_with_known_answer(tiny):
+    _, model = tiny
+    # a choice that extends another by whole words has strictly lower log-likelihood
+    items = (B.Item("The handler", (" writes", " writes the record to the stream"), 0),
+             B.Item("The handler", (" emits the record and flushes", " emits"), 1))  # fmt: skip
+    m = B.evaluate_task(model, B.Task("known", items), progress=False)
+    assert m["acc"] == 1.0 and m["n_items"] == 2 and m["chance"] == 0.5
+
+
+def test_mc_metrics_acc_norm_divides_by_characters():
+    items = (B.Item("q", (" a", " bbbbbbbbbb"), 1), B.Item("q", (" aa", " b"), 0), B.Item("q", (" x", " y"), 1, " "))
+    scores = [np.array([-1.0, -5.0]), np.array([-2.0, -1.5]), np.array([-1.0, -1.0])]
+    m = B.mc_metrics(B.Task("t", items), scores)
+    # item 0: acc picks 0 (wrong), norm -5/11 > -1/2 picks 1 (right); item 1: acc picks 1 (wrong),
+    # norm -2/3 > -1.5/2 picks 0 (right); item 2: tie -> lowest index 0 (wrong) under both
+    assert m["acc"] == 0.0 and m["acc_norm"] == pytest.approx(2 / 3)
+    np.testing.assert_array_equal(items[2].norm_lengths(), [1.0, 1.0])  # delimiter not counted
+
+
+def test_bypass_changes_scores(tiny):
+    _, model = tiny
+    reqs = B.task_requests(model.tokenizer, TASK)
+    base, _ = B.loglikelihoods(model, reqs, progress=False)
+    for layer in range(int(model.cfg.n_layers)):
+        byp, _ = B.loglikelihoods(model, reqs, [AttentionBypass(layer)], progress=False)
+        assert np.abs(byp - base).max() > 1e-3
+    again, _ = B.loglikelihoods(model, reqs, progress=False)
+    np.testing.assert_array_equal(base, again)  # hooks removed afterwards
+
+
+def test_evaluate_tidy_table(tiny):
+    _, model = tiny
+    configs = {"baseline": [], "block:1": [AttentionBypass(1)]}
+    df = B.evaluate(model, [TASK], configs, progress=False)
+    assert list(df.columns[:4]) == ["config", "task", "acc", "acc_norm"]
+    assert df[["config", "task"]].values.tolist() == [["baseline", "hand"], ["block:1", "hand"]]
+    assert (df["n_items"] == 4).all() and df["chance"].iloc[0] == pytest.approx((1 / 3 + 1 / 3 + 1 / 2 + 1 / 2) / 4)
+
+
+def test_rolling_windows_cover_every_token_once():
+    toks = list(range(1, 24))
+    for max_len, ctx_len in [(8, 1), (8, 4), (30, 1), (5, 5)]:
+        reqs = B.rolling_windows(toks, 0, max_len, ctx_len)
+        assert [t for _, c in reqs for t in c] == toks
+        assert reqs[0][0] == [0]
+        for ctx, cont in reqs[1:]:
+            inp = (ctx + cont)[:-1]
+            assert len(inp) == max_len and ctx + cont == toks[toks.index(inp[0]) : toks.index(cont[-1]) + 1]
+
+
+def test_perplexity_equals_hf_on_short_text(tiny):
+    folder, model = tiny
+    hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    text = "import logging\nlogger = logging.getLogger(__name__)"
+    ppl = B.perplexity(model, [text], progress=False)
+    ref = hf_score(hf, model.tokenizer, "", text)
+    assert ppl["nll"] == pytest.approx(-ref, rel=1e-5)
+    assert ppl["token_perplexity"] == pytest.approx(np.exp(-ref / ppl["n_tokens"]), rel=1e-5)
+    long = B.perplexity(model, [text * 8], progress=False)  # longer than n_ctx: several windows
+    assert long["n_tokens"] == len(model.tokenizer.encode(text * 8, add_special_tokens=False))
+
+
+def test_joined_table_with_hand_made_memorization():
+    acc = pd.DataFrame({
+        "config": ["baseline"] * 3 + ["block:0"] * 3,
+        "task": ["a", "b", "u"] * 2,
+        "kind": ["language", "reasoning", "user"] * 2,
+        "acc": [0.8, 0.5, 0.4, 0.4, 0.5, 0.2],
+        "acc_norm": [0.8, 0.5, 0.4, 0.4, 0.5, 0.2],
+    })  # fmt: skip
+    mem = pd.DataFrame({"config": ["block:0", "baseline"], "exact_match": [0.1, 0.9], "n_sequences": [5, 5]})
+    j = B.joined_table(acc, mem)
+    assert j["config"].tolist() == ["baseline", "block:0"]
+    row = j.set_index("config").loc["block:0"]
+    assert row["exact_match"] == 0.1 and row["acc:a"] == 0.4
+    assert row["drop:a"] == pytest.approx(0.5) and row["drop:b"] == 0 and row["drop_user"] == pytest.approx(0.5)
+    assert row["drop_language"] == pytest.approx(0.5) and row["acc_reasoning"] == 0.5
+    assert (j.set_index("config").loc["baseline", ["drop:a", "drop:b", "drop:u"]] == 0).all()
+    with pytest.raises(InputError, match="baseline"):
+        B.joined_table(acc[acc["config"] != "baseline"])
+
+
+@pytest.mark.parametrize("line, match", [
+    ("not json", "not valid JSON"),
+    ('{"context": "x", "choices": [" a"], "gold": 0}', "two non-empty"),
+    ('{"context": "x", "choices": [" a", " b"], "gold": 2}', "gold"),
+    ('{"context": 3, "choices": [" a", " b"], "gold": 0}', "expected"),
+])  # fmt: skip
+def test_bad_task_file_is_an_input_error(tmp_path, line, match):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(InputError, match=match):
+        B.load_task(path)
+
+
+def test_shipped_tasks_load_with_enough_items():
+    tasks = B.resolve_tasks(",".join(T.BUILTIN))
+    kinds = [t.kind for t in tasks]
+    assert kinds.count("language") >= 3 and kinds.count("reasoning") >= 3
+    for t in tasks:
+        assert len(t.items) >= 200, t.name
+        assert len({json.dumps([it.context, it.choices]) for it in t.items}) > 1
+
+
+def test_rule_tasks_regenerate_identically():
+    for name, kind in T.BUILTIN.items():
+        if kind == "reasoning":
+            shipped = [json.loads(x) for x in T.path_of(name).read_text().splitlines()]
+            assert T.generate(name, len(shipped)) == shipped, name
+
+
+def test_language_tasks_are_deterministic():
+    docs = [("a.py", "\n".join(f"value_{i} = compute(item_{i}, other_{i % 7}) + {i}" for i in range(60)))]
+    for name in T.LANGUAGE:
+        first = T.language_task(name, docs, 20)
+        assert first == T.language_task(name, docs, 20)
+        assert all(it["choices"][it["gold"]] != c for it in first for i, c in enumerate(it["choices"]) if i != it["gold"])
+
+
+def test_encode_pair_matches_lm_eval_when_installed(tiny):
+    lm_eval_model = pytest.importorskip("lm_eval.api.model", reason="lm-eval is not installed")
+    _, model = tiny
+
+    class Stub(lm_eval_model.TemplateLM):  # only the encoding path is exercised
+        eot_token_id = model.tokenizer.eos_token_id
+        _loglikelihood_tokens = loglikelihood_rolling = generate_until = None
+
+        def tok_encode(self, string, **kw):
+            return model.tokenizer.encode(string, add_special_tokens=False)
+
+    for it in ITEMS[:3]:
+        for c in it.choices:
+            assert tuple(map(list, Stub._encode_pair(Stub.__new__(Stub), it.context, c))) == B.encode_pair(
+                model.tokenizer, it.context, c
+            )
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def main(argv: list[str]) -> int:
+    """``interp`` CLI with ``bench`` registered (until ``interp.cli.SUBCOMMANDS`` lists it)."""
+    saved = cli.SUBCOMMANDS
+    cli.SUBCOMMANDS = list(dict.fromkeys([*saved, "bench"]))
+    try:
+        return cli.main(argv)
+    finally:
+        cli.SUBCOMMANDS = saved
+
+
+@pytest.fixture(scope="module")
+def neox_folder(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("cli"), "neox", seed=2, n_ctx=64)
+
+
+def write_task(path, items):
+    path.write_text("".join(json.dumps({"context": i.context, "choices": list(i.choices), "gold": i.gold}) + "\n" for i in items))
+    return path
+
+
+def test_cli_writes_accuracy_csv(tmp_path, neox_folder):
+    task = write_task(tmp_path / "hand.jsonl", ITEMS)
+    out = tmp_path / "out"
+    rc = main(["bench", "--model", str(neox_folder), "--tasks", f"{task},rule_count", "--out", str(out),
+               "--blocks", "0,2", "--batch-size", "500", "--no-progress"])  # fmt: skip
+    assert rc == 0
+    acc = pd.read_csv(out / "accuracy.csv")
+    assert list(acc.columns[:4]) == ["config", "task", "acc", "acc_norm"]
+    assert acc["config"].unique().tolist() == ["baseline", "block:0", "block:2"]
+    assert acc["task"].unique().tolist() == ["hand", "rule_count"]
+    assert set(acc.loc[acc["task"] == "rule_count", "kind"]) == {"reasoning"}
+    joined = pd.read_csv(out / "joined.csv")
+    assert joined["config"].tolist() == ["baseline", "block:0", "block:2"] and "drop:hand" in joined
+
+
+def test_cli_with_memorization_joins(tmp_path, neox_folder):
+    task = write_task(tmp_path / "hand.jsonl", ITEMS[:2])
+    rows = np.random.default_rng(0).integers(1, 400, size=(3, 12))
+    np.save(tmp_path / "rows.npy", rows)
+    out = tmp_path / "out"
+    rc = main(["bench", "--model", str(neox_folder), "--tasks", str(task), "--out", str(out), "--blocks", "1",
+               "--with-memorization", str(tmp_path / "rows.npy"), "--prefix-len", "6", "--no-progress"])  # fmt: skip
+    assert rc == 0
+    joined = pd.read_csv(out / "joined.csv")
+    assert joined["config"].tolist() == ["baseline", "block:1"]
+    assert {"exact_match", "token_accuracy", "completion_entropy", "acc:hand", "drop:hand"} <= set(joined.columns)
+
+
+@pytest.mark.parametrize("extra", [
+    ["--tasks", "missing.jsonl"],
+    ["--tasks", "no_such_builtin"],
+    ["--tasks", "BAD"],
+    ["--tasks", "GOOD", "--blocks", "7"],
+    ["--tasks", "GOOD", "--blocks", "x"],
+    ["--tasks", "GOOD", "--with-memorization", "rows.npy"],
+    ["--tasks", "GOOD", "--with-memorization", "nope.npy", "--prefix-len", "4"],
+])  # fmt: skip
+def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, neox_folder, extra, capsys):
+    write_task(tmp_path / "good.jsonl", ITEMS[:1])
+    (tmp_path / "bad.jsonl").write_text('{"context": "x", "choices": [" a", " b"], "gold": 5}\n')
+    extra = [str(tmp_path / "good.jsonl") if e == "GOOD" else str(tmp_path / "bad.jsonl") if e == "BAD" else e for e in extra]
+    out = tmp_path / "out"
+    rc = main(["bench", "--model", str(neox_folder), "--out", str(out), "--no-progress", *extra])
+    assert rc == 2
+    assert not out.exists()
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]
+    assert len(errors) == 1 and errors[0].startswith("interp bench: error:")
