@@ -150,9 +150,11 @@ def encode(tokenizer, text: str) -> list[int]:
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> Request:
-    """The harness's ``_encode_pair`` (an empty context becomes the end-of-text token)."""
-    if context == "":
-        return [int(tokenizer.eos_token_id)], encode(tokenizer, continuation)
+    """The harness's ``_encode_pair``; an empty context becomes the end-of-text token. A
+    whitespace-only context (on which the harness fails an assertion) is treated as empty, its
+    whitespace moved onto the continuation."""
+    if context.strip() == "":
+        return [int(tokenizer.eos_token_id)], encode(tokenizer, context + continuation)
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces > 0:
         context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
@@ -350,6 +352,22 @@ def perplexity(
     }
 
 
+def perplexity_table(
+    model,
+    texts: Sequence[str],
+    configs: dict[str, Sequence[Intervention]],
+    *,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """One row per config: ``config`` and the keys of ``perplexity`` over all ``texts``."""
+    rows = [
+        {"config": label, **perplexity(model, texts, ivs, batch_size=batch_size, progress=progress)}
+        for label, ivs in tqdm(configs.items(), desc="perplexity configs", disable=not progress)
+    ]
+    return pd.DataFrame.from_records(rows)
+
+
 # ---------------------------------------------------------------- joined table
 
 
@@ -364,11 +382,14 @@ def relative_drop(acc: pd.DataFrame, metric: str = "acc") -> pd.Series:
     return (b - acc[metric]) / b
 
 
-def joined_table(acc: pd.DataFrame, memorization: pd.DataFrame | None = None) -> pd.DataFrame:
+def joined_table(
+    acc: pd.DataFrame, memorization: pd.DataFrame | None = None, perplexities: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """One row per config: memorization summary columns (``interp.memorization.summarize``), then
     ``acc:<task>`` and ``drop:<task>`` per task, then ``acc_<kind>`` and ``drop_<kind>``, the
-    means over the tasks of each kind (``language``, ``reasoning``, ``user``). Configs keep the
-    accuracy table's order; a config missing from the memorization summary gets NaN there."""
+    means over the tasks of each kind (``language``, ``reasoning``, ``user``), then
+    ``token_perplexity`` and ``bits_per_byte`` when ``perplexities`` is given. Configs keep the
+    accuracy table's order; a config missing from another table gets NaN there."""
     acc = acc.assign(drop=relative_drop(acc))
     configs = list(dict.fromkeys(acc["config"]))
     wide = [_pivot(acc, "acc"), _pivot(acc, "drop")]
@@ -378,6 +399,8 @@ def joined_table(acc: pd.DataFrame, memorization: pd.DataFrame | None = None) ->
     out = pd.concat(wide, axis=1).reindex(configs)
     if memorization is not None:
         out = memorization.set_index("config").reindex(configs).join(out)
+    if perplexities is not None:
+        out = out.join(perplexities.set_index("config")[["token_perplexity", "bits_per_byte"]])
     return out.rename_axis("config").reset_index()
 
 

@@ -64,6 +64,7 @@ def test_encode_pair_moves_trailing_whitespace(tiny):
     ctx, cont = B.encode_pair(tok, "The logger", " writes")
     assert ctx + cont == tok.encode("The logger writes", add_special_tokens=False)
     assert B.encode_pair(tok, "", " x")[0] == [tok.eos_token_id]
+    assert B.encode_pair(tok, "  ", "x") == B.encode_pair(tok, "", "  x")  # whitespace-only context
     assert tok.eos_token_id not in B.encode(tok, "The logger")  # no BOS on either family
 
 
@@ -246,9 +247,11 @@ def write_task(path, items):
 
 def test_cli_writes_accuracy_csv(tmp_path, neox_folder):
     task = write_task(tmp_path / "hand.jsonl", ITEMS)
+    (tmp_path / "heldout.txt").write_text("import logging\nlogger = logging.getLogger(__name__)\n" * 5)
     out = tmp_path / "out"
     rc = main(["bench", "--model", str(neox_folder), "--tasks", f"{task},rule_count", "--out", str(out),
-               "--blocks", "0,2", "--batch-size", "500", "--no-progress"])  # fmt: skip
+               "--blocks", "0,2", "--batch-size", "500", "--no-progress",
+               "--perplexity", str(tmp_path / "heldout.txt")])  # fmt: skip
     assert rc == 0
     acc = pd.read_csv(out / "accuracy.csv")
     assert list(acc.columns[:4]) == ["config", "task", "acc", "acc_norm"]
@@ -257,6 +260,9 @@ def test_cli_writes_accuracy_csv(tmp_path, neox_folder):
     assert set(acc.loc[acc["task"] == "rule_count", "kind"]) == {"reasoning"}
     joined = pd.read_csv(out / "joined.csv")
     assert joined["config"].tolist() == ["baseline", "block:0", "block:2"] and "drop:hand" in joined
+    ppl = pd.read_csv(out / "perplexity.csv")
+    assert ppl["config"].tolist() == joined["config"].tolist() and (ppl["token_perplexity"] > 1).all()
+    assert joined["token_perplexity"].tolist() == pytest.approx(ppl["token_perplexity"].tolist())
 
 
 def test_cli_with_memorization_joins(tmp_path, neox_folder):
@@ -280,6 +286,7 @@ def test_cli_with_memorization_joins(tmp_path, neox_folder):
     ["--tasks", "GOOD", "--blocks", "x"],
     ["--tasks", "GOOD", "--with-memorization", "rows.npy"],
     ["--tasks", "GOOD", "--with-memorization", "nope.npy", "--prefix-len", "4"],
+    ["--tasks", "GOOD", "--perplexity", "nope.txt"],
 ])  # fmt: skip
 def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, neox_folder, extra, capsys):
     write_task(tmp_path / "good.jsonl", ITEMS[:1])

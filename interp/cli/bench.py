@@ -4,7 +4,8 @@ Writes into ``--out``: ``accuracy.csv`` (one row per config x task: ``config,tas
 then ``kind,n_items,chance`` and standard errors), ``joined.csv`` (one row per config: accuracy
 per task, relative drop from baseline, language/reasoning averages, and with
 ``--with-memorization`` the memorization means of ``interp sweep`` first) and ``config.json``.
-With ``--with-memorization`` also ``sequences.parquet`` and ``memorization.csv``. Scoring
+With ``--with-memorization`` also ``sequences.parquet`` and ``memorization.csv``; with
+``--perplexity`` also ``perplexity.csv`` (token-level, rolling windows over the context length). Scoring
 follows lm-evaluation-harness (see ``interp.benchmarks``).
 """
 
@@ -15,7 +16,7 @@ import hashlib
 from pathlib import Path
 
 from interp import results
-from interp.benchmarks import evaluate, joined_table, resolve_tasks
+from interp.benchmarks import evaluate, joined_table, perplexity_table, resolve_tasks
 from interp.cli.common import add_model_arg, parse_int_list
 from interp.data import load_rows, validate_for_model
 from interp.errors import InputError
@@ -34,6 +35,7 @@ def register(sub) -> None:
     p.add_argument("--blocks", help="comma-separated blocks to bypass (default: every block)")
     p.add_argument("--with-memorization", metavar="FILE", help="memorized rows (.npy or .jsonl) to sweep and join")
     p.add_argument("--prefix-len", type=int, help="prompt tokens of each memorized row (with --with-memorization)")
+    p.add_argument("--perplexity", metavar="FILES", help="comma-separated UTF-8 text files: adds perplexity.csv")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
@@ -55,8 +57,10 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device)
     configs = block_configs(model, blocks)
     rows = _load_memorized(args, model)
+    texts = _load_texts(args.perplexity)
     progress = not args.no_progress
     acc = evaluate(model, tasks, configs, batch_size=args.batch_size, progress=progress)
+    ppl = None if texts is None else perplexity_table(model, texts, configs, batch_size=args.batch_size, progress=progress)
     out = Path(args.out)
     summary = None
     if rows is not None:
@@ -64,8 +68,10 @@ def run(args: argparse.Namespace) -> int:
         summary = summarize(seqs)
         results.write_parquet(seqs, out / "sequences.parquet")
         results.write_csv(summary, out / "memorization.csv")
+    if ppl is not None:
+        results.write_csv(ppl, out / "perplexity.csv")
     results.write_csv(acc, out / "accuracy.csv")
-    results.write_csv(joined_table(acc, summary), out / "joined.csv")
+    results.write_csv(joined_table(acc, summary, ppl), out / "joined.csv")
     results.write_json(_config(args, model, tasks, configs), out / "config.json")
     return 0
 
@@ -79,6 +85,23 @@ def _load_memorized(args: argparse.Namespace, model):
     return rows
 
 
+def _load_texts(spec: str | None) -> list[str] | None:
+    """Contents of the comma-separated text files of ``--perplexity`` (None when absent)."""
+    if spec is None:
+        return None
+    paths = [Path(p.strip()) for p in spec.split(",") if p.strip()]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if not paths or missing:
+        raise InputError(f"--perplexity must name existing text files; missing: {missing or spec!r}")
+    try:
+        texts = [p.read_text(encoding="utf-8") for p in paths]
+    except UnicodeDecodeError as err:
+        raise InputError(f"--perplexity files must be UTF-8 text ({err})") from None
+    if not any(t.strip() for t in texts):
+        raise InputError(f"--perplexity files {spec!r} hold no text")
+    return texts
+
+
 def _config(args: argparse.Namespace, model, tasks, configs) -> dict:
     config = {
         "command": "bench",
@@ -87,6 +110,7 @@ def _config(args: argparse.Namespace, model, tasks, configs) -> dict:
         "tasks": {t.name: {"kind": t.kind, "n_items": len(t.items)} for t in tasks},
         "configs": list(configs),
         "batch_size": args.batch_size,
+        "perplexity": args.perplexity,
     }
     if args.with_memorization is not None:
         data = Path(args.with_memorization)
