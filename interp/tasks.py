@@ -15,12 +15,15 @@ training instances; what is measured is applying the rule, not recalling unseen 
 
 Every task is generated from its own seeded ``random.Random(f"bench:{name}")`` and shipped as
 JSONL under ``interp/tasks_data/`` (schema of ``interp.benchmarks``), so results do not depend on
-the Python whose standard library is the corpus. Regenerate with ``python -m interp.tasks``.
+the Python whose standard library is the corpus; ``manifest.json`` records that Python and a
+fingerprint of the held-out text. Regenerate with ``python -m interp.tasks``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import platform
 import random
 import re
 from collections.abc import Callable
@@ -179,12 +182,30 @@ def write_jsonl(items: list[Item], path: Path) -> Path:
     return path
 
 
+def heldout_fingerprint(docs: list[tuple[str, str]]) -> str:
+    """sha256 over the held-out documents' names and texts (what the language tasks depend on)."""
+    h = hashlib.sha256()
+    for name, text in docs:
+        h.update(name.encode() + b"\0" + text.encode("utf-8", errors="replace") + b"\0")
+    return h.hexdigest()
+
+
 def write_builtin(out_dir: Path = TASKS_DIR, n: int = N_ITEMS) -> list[Path]:
-    """Generate every built-in task into ``out_dir`` as ``<name>.jsonl``."""
+    """Generate every built-in task into ``out_dir`` as ``<name>.jsonl``, plus ``manifest.json``
+    (Python version and fingerprint of the held-out text, sha256 of each file)."""
     from interp.organism.corpus import documents
 
     docs = documents("heldout")
-    return [write_jsonl(generate(name, n, docs), out_dir / f"{name}.jsonl") for name in BUILTIN]
+    paths = [write_jsonl(generate(name, n, docs), out_dir / f"{name}.jsonl") for name in BUILTIN]
+    manifest = {
+        "python": platform.python_version(),
+        "heldout_documents": len(docs),
+        "heldout_fingerprint": heldout_fingerprint(docs),
+        "n_items": n,
+        "files": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths},
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return paths
 
 
 if __name__ == "__main__":

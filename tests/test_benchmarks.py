@@ -12,12 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from jaxtyping import install_import_hook
 from transformers import AutoModelForCausalLM
 
-with install_import_hook("interp.benchmarks", "beartype.beartype"):
-    from interp import benchmarks as B
-
+from interp import benchmarks as B
 from interp import cli
 from interp import tasks as T
 from interp.errors import InputError
@@ -194,6 +191,18 @@ def test_rule_tasks_regenerate_identically():
         if kind == "reasoning":
             shipped = [json.loads(x) for x in T.path_of(name).read_text().splitlines()]
             assert T.generate(name, len(shipped)) == shipped, name
+
+
+def test_language_tasks_regenerate_identically_from_the_same_heldout_text():
+    from interp.organism.corpus import documents
+
+    manifest = json.loads((T.TASKS_DIR / "manifest.json").read_text())
+    docs = documents("heldout")
+    if T.heldout_fingerprint(docs) != manifest["heldout_fingerprint"]:
+        pytest.skip(f"held-out text differs from the one the tasks were made from (Python {manifest['python']})")
+    for name in T.LANGUAGE:
+        shipped = T.path_of(name).read_text()
+        assert "".join(json.dumps(it, ensure_ascii=False) + "\n" for it in T.generate(name, manifest["n_items"], docs)) == shipped
 
 
 def test_language_tasks_are_deterministic():
