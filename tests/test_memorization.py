@@ -1,0 +1,71 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from interp.generation import greedy_generate
+from interp.interventions import AttentionBypass
+from interp.memorization import block_configs, bootstrap_ci, evaluate, summarize, sweep
+
+P, T = 6, 8
+
+
+@pytest.fixture(scope="module")
+def memorized_rows(bridge):
+    """Rows whose suffix is the baseline's greedy continuation, with some suffixes perturbed."""
+    g = torch.Generator().manual_seed(5)
+    prefix = torch.randint(1, 500, (10, P), generator=g)
+    rows = torch.cat([prefix, greedy_generate(bridge, prefix, T)], 1)
+    rows[6:, P + 3] = (rows[6:, P + 3] + 7) % 500  # diverge mid-suffix
+    rows[8:, P] = (rows[8:, P] + 7) % 500  # diverge at the first suffix token
+    return rows.numpy()
+
+
+def test_shortcut_equals_full_generation_for_every_config(bridge, memorized_rows):
+    for name, ivs in block_configs(bridge).items():
+        fast = evaluate(bridge, memorized_rows, P, ivs, batch_size=3)
+        full = evaluate(bridge, memorized_rows, P, ivs, batch_size=4, strategy="generate")
+        pd.testing.assert_frame_equal(fast, full, check_exact=False, rtol=1e-5, obj=name)
+
+
+def test_shortcut_with_head_bypass_and_no_tie_guard(bridge, memorized_rows, monkeypatch):
+    import interp.memorization as mem
+
+    monkeypatch.setattr(mem, "TIE_MARGIN", -1.0)  # exercise the pure shortcut path
+    ivs = [AttentionBypass(0, heads=[1, 2])]
+    fast = evaluate(bridge, memorized_rows, P, ivs)
+    full = evaluate(bridge, memorized_rows, P, ivs, strategy="generate")
+    pd.testing.assert_frame_equal(fast, full, check_exact=False, rtol=1e-5)
+
+
+def test_baseline_metrics_on_constructed_rows(bridge, memorized_rows):
+    df = evaluate(bridge, memorized_rows, P)
+    assert df.exact_match.tolist() == [1.0] * 6 + [0.0] * 4
+    assert df.match_length.tolist()[6:] == [3, 3, 0, 0]
+    assert (df.tf_accuracy[:6] == 1).all()
+
+
+def test_sweep_is_tidy(bridge, memorized_rows):
+    df = sweep(bridge, memorized_rows, P, blocks=[0, 1], progress=False)
+    assert list(df.columns[:2]) == ["config", "sequence"]
+    assert df.groupby("config", sort=False).size().to_dict() == {"baseline": 10, "block:0": 10, "block:1": 10}
+
+
+def test_summary_means_and_intervals(bridge, memorized_rows):
+    df = sweep(bridge, memorized_rows, P, blocks=[0], progress=False)
+    s = summarize(df)
+    assert s.config.tolist() == ["baseline", "block:0"]
+    base = df[df.config == "baseline"]
+    assert s.exact_match[0] == pytest.approx(base.exact_match.mean())
+    for m in ["exact_match", "completion_entropy"]:
+        assert (s[f"{m}_ci_low"] <= s[m] + 1e-12).all() and (s[m] <= s[f"{m}_ci_high"] + 1e-12).all()
+
+
+def test_bootstrap_ci_of_a_constant_is_a_point():
+    assert bootstrap_ci(np.full(20, 0.5)) == (0.5, 0.5)
+
+
+def test_bootstrap_ci_covers_a_known_mean():
+    rng = np.random.default_rng(0)
+    lo, hi = bootstrap_ci(rng.normal(1.0, 1.0, 400))
+    assert lo < 1.0 < hi and hi - lo < 0.3
