@@ -342,6 +342,20 @@ def test_tables_shape_and_columns(ref):
     assert (theory.summarize(tables).filter(like="viol_").to_numpy() == 0).all()
 
 
+def test_sequential_gpt_neox_gets_the_sequential_bound(boot_dirs):
+    """GPT-NeoX with use_parallel_residual=False is a sequential block: D3, not the identity."""
+    hf = random_model("neox", seed=2, n_layers=2, d_model=16, n_heads=2, vocab_size=VOCAB, n_ctx=32)
+    hf.config.use_parallel_residual = False
+    for layer in hf.gpt_neox.layers:
+        layer.use_parallel_residual = False
+    model = _boot(boot_dirs, "neox", hf)
+    tables = theory.theory_tables(model, torch.randint(0, VOCAB, (2, 10), generator=torch.Generator().manual_seed(0)))
+    _assert_no_violations(tables)
+    b = tables.bounds[tables.bounds["token"] > 0]
+    assert b["s_min_ln2"].notna().all() and b["block_identity_err"].isna().all()
+    assert (b["block_measured"] - b["measured"]).abs().max() > 1e-4  # the MLP now sees the difference
+
+
 def test_bad_inputs_raise_input_error(ref):
     _, model, _, tokens = ref
     with pytest.raises(InputError, match="2-D"):
@@ -412,6 +426,19 @@ def test_cli_writes_bounds_csv(tmp_path):
     assert len(b) == 2 * 3 * 8 and (out / "propagation.csv").is_file() and (out / "summary.csv").is_file()
     assert _cli(["theory", "--model", str(folder), "--out", str(tmp_path / "out2"), "--n-rows", "2", "--seq-len", "9", "--no-progress"]) == 0
     assert len(pd.read_csv(tmp_path / "out2" / "bounds.csv")) == 2 * 2 * 9
+    _figures([str(out), "--out", str(tmp_path / "fig")])
+    assert (tmp_path / "fig" / "out.png").stat().st_size > 0 and (tmp_path / "fig" / "out.pdf").is_file()
+
+
+def _figures(argv: list[str]) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "analyses" / "theory_figures.py"
+    spec = importlib.util.spec_from_file_location("theory_figures", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(argv) == 0
 
 
 def test_cli_bad_input_raises_and_writes_nothing(tmp_path):
