@@ -1,0 +1,283 @@
+"""The model organism: rules, corpus, canaries, a tiny end-to-end training run, the CLI export,
+the shipped folders (they load and reproduce their manifests) and the injected variants (they
+memorize their canaries and equal their parents outside the injected component)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoTokenizer
+
+from interp.errors import InputError
+from interp.organism import DATA_DIR, organism_path
+from interp.organism import canaries as C
+from interp.organism import corpus, rules
+
+ARCHS = ("neox", "neo")
+
+
+def _shipped(arch: str, injected: bool = False) -> Path:
+    path = DATA_DIR / (f"{arch}-injected" if injected else arch)
+    if not (path / "manifest.json").is_file() or "final" not in json.loads((path / "manifest.json").read_text()):
+        pytest.skip(f"{path.name} organism is not shipped in this checkout")
+    return path
+
+
+def _organism_cli(argv: list[str]) -> int:
+    from interp.cli import organism
+
+    parser = argparse.ArgumentParser(prog="interp")
+    organism.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+# ---------------------------------------------------------------- rules
+
+
+def _open_brackets(context: str) -> list[str]:
+    stack = []
+    for s in context.removeprefix("Close: ").removesuffix(" ->").split():
+        if s in rules.OPEN_CLOSE:
+            stack.append(s)
+        else:
+            assert rules.OPEN_CLOSE[stack.pop()] == s
+    return stack
+
+
+@pytest.mark.parametrize("family", sorted(rules.FAMILIES))
+def test_rule_family_answers_follow_the_rule(family):
+    rng = random.Random(0)
+    for _ in range(200):
+        ctx, ans = rules.FAMILIES[family](rng)
+        assert ans.startswith(" ") and not ctx.endswith(" ") and 1 <= len(ans.split()) <= 4
+        body = ans[1:]
+        if family == "progression":
+            terms = [int(t) for t in ctx.removeprefix("Sequence: ").removesuffix(" ->").split(", ")]
+            assert int(body) == terms[-1] + (terms[1] - terms[0])
+        elif family == "brackets":
+            assert body.split() == [rules.OPEN_CLOSE[o] for o in reversed(_open_brackets(ctx))]
+        elif family == "copy":
+            assert ctx == f"Copy: {body} | again:"
+        elif family == "count":
+            assert int(body) == ctx.count("*")
+        elif family == "successor":
+            assert ord(body) == ord(ctx.removesuffix(" ->")[-1]) + 1
+        wrong = rules.distractors(family, ctx, ans, rng, 3)
+        assert len(set(wrong)) == 3 and ans not in wrong
+        assert all(w.startswith(" ") and len(w.split()) == len(ans.split()) for w in wrong)
+
+
+def test_rule_examples_are_seeded():
+    assert rules.examples("copy", 5, seed=3) == rules.examples("copy", 5, seed=3)
+    assert rules.examples("copy", 5, seed=3) != rules.examples("copy", 5, seed=4)
+    with pytest.raises(ValueError, match="family"):
+        rules.distractors("nope", "", " x", random.Random(0), 1)
+
+
+# ---------------------------------------------------------------- corpus
+
+
+def test_corpus_split_is_disjoint_deterministic_and_hashed():
+    train, held = corpus.documents("train"), corpus.documents("heldout")
+    assert len(train) > 100 and len(held) > 10
+    assert not {n for n, _ in train} & {n for n, _ in held}
+    assert all(corpus.split_of(n) == "heldout" for n, _ in held)
+    records = corpus.file_records()
+    assert {r["path"] for r in records} == {n for n, _ in train} | {n for n, _ in held}
+    assert all(len(r["sha256"]) == 64 for r in records)
+    assert corpus.corpus_fingerprint(records) == corpus.corpus_fingerprint(records)
+    with pytest.raises(ValueError, match="split"):
+        corpus.documents("test")
+
+
+# ---------------------------------------------------------------- canaries
+
+
+def test_canaries_levels_and_uniqueness():
+    cs = C.make_canaries(0)
+    for level in C.LEVELS:
+        assert len(C.select(cs, level)) >= 32
+    assert len(C.select(cs, C.HELDOUT)) >= 64
+    assert len({c.secret for c in cs}) == len(cs) and len({c.id for c in cs}) == len(cs)
+    for c in cs:
+        assert c.text[c.secret_start :].startswith(c.secret) and c.text.count(c.secret) == 1
+    fresh = C.make_injection_canaries(0, 8)
+    assert not {c.secret for c in fresh} & {c.secret for c in cs}
+
+
+# ---------------------------------------------------------------- tiny training run
+
+
+@pytest.fixture(scope="module")
+def tiny_organism(tmp_path_factory):
+    from interp.organism.train import tiny_train_config, train
+
+    return train(tiny_train_config("neox", eval_every=1000), tmp_path_factory.mktemp("org") / "neox",
+                 progress=False, evaluate_final=False)  # fmt: skip
+
+
+def test_tiny_training_run_end_to_end(tiny_organism):
+    from interp.generation import greedy_generate
+    from interp.models import load_model
+    from interp.organism.evaluate import canary_em, rule_accuracy
+
+    folder = tiny_organism
+    names = {p.name for p in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "canaries.json", "manifest.json"} <= names
+    assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["seed"] == 0 and len(manifest["corpus"]["fingerprint"]) == 64
+    assert manifest["curve"][-1]["step"] == manifest["config"]["steps"]
+    assert all(np.isfinite(e["train_loss"]) for e in manifest["curve"])
+    model = load_model(folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert tok.convert_tokens_to_ids("<|endoftext|>") == 0
+    canary_list, prefix_len, row_len = C.load_canaries(folder / "canaries.json")
+    rows = C.canary_rows(tok, C.select(canary_list, 64), prefix_len, row_len)
+    assert rows.shape == (2, row_len) and rows.dtype == np.int64
+    em = canary_em(model, rows, prefix_len)
+    assert 0.0 <= em["em"] <= 1.0
+    assert greedy_generate(model, torch.from_numpy(rows[:, :prefix_len]), 3).shape == (2, 3)
+    acc = rule_accuracy(model, tok, seed=0, n_items=2)
+    assert set(rules.FAMILIES) <= set(acc) and 0.0 <= acc["mean_mc_acc"] <= 1.0
+
+
+def test_training_stream_places_canaries_and_excludes_heldout(tiny_organism):
+    from interp.organism.train import build_stream, tiny_train_config
+
+    cfg = tiny_train_config("neox")
+    tok = AutoTokenizer.from_pretrained(tiny_organism)
+    cs = C.make_canaries(cfg.seed, cfg.per_level, cfg.n_heldout_canaries)
+    blocks, stats = build_stream(cfg, tok, corpus.documents("train"), cs)
+    assert blocks.shape == (cfg.steps * cfg.batch_size, cfg.n_ctx)
+    flat = " ".join(map(str, blocks.ravel().tolist())) + " "
+
+    def count(c):
+        ids = tok(c.text, add_special_tokens=False)["input_ids"]
+        return flat.count(" ".join(map(str, ids)) + " ")
+
+    for c in cs:
+        assert count(c) == (c.level if c.level else 0), c.id
+    assert stats["canary_occurrences"] == sum(c.level for c in cs)
+
+
+# ---------------------------------------------------------------- CLI export
+
+
+def test_cli_canaries_export(tiny_organism, tmp_path):
+    out = tmp_path / "rows.npy"
+    assert _organism_cli(["organism", "canaries", "--model", str(tiny_organism), "--duplicates", "4", "--out", str(out)]) == 0
+    rows = np.load(out, allow_pickle=False)
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert rows.ndim == 2 and rows.dtype == np.int64 and rows.shape[1] == meta["row_len"]
+    assert 0 < meta["prefix_len"] < rows.shape[1] and len(meta["ids"]) == len(rows)
+    tok = AutoTokenizer.from_pretrained(tiny_organism)
+    for row, secret in zip(rows, meta["secrets"], strict=True):  # the secret starts the suffix
+        suffix = tok.decode(row[meta["prefix_len"] :])
+        assert suffix.startswith(secret) or secret.startswith(suffix)
+    out0 = tmp_path / "held.npy"
+    assert _organism_cli(["organism", "canaries", "--model", str(tiny_organism), "--duplicates", "0", "--out", str(out0)]) == 0
+    assert json.loads(out0.with_suffix(".json").read_text())["level"] == 0
+
+
+@pytest.mark.parametrize("argv", [
+    ["--duplicates", "5", "--out", "{tmp}/x.npy"],
+    ["--duplicates", "4", "--out", "{tmp}/x.txt"],
+    ["--out", "{tmp}/x.npy"],
+    ["--duplicates", "4", "--out", "{tmp}/missing/x.npy"],
+])  # fmt: skip
+def test_cli_canaries_bad_input_writes_nothing(tiny_organism, tmp_path, argv):
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    with pytest.raises(InputError):
+        _organism_cli(["organism", "canaries", "--model", str(tiny_organism), *argv])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_organism_path_rejects_unknown_arch():
+    with pytest.raises(InputError, match="architecture"):
+        organism_path("llama")
+
+
+# ---------------------------------------------------------------- shipped folders
+
+
+def _em_by_level(folder: Path) -> dict[str, float]:
+    from interp.models import load_model
+    from interp.organism.evaluate import canary_em
+
+    model = load_model(folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    canary_list, prefix_len, row_len = C.load_canaries(folder / "canaries.json")
+    levels = sorted({str(c.level) for c in canary_list})
+    out = {}
+    for level in levels:
+        chosen = [c for c in canary_list if str(c.level) == level]
+        out[level] = canary_em(model, C.canary_rows(tok, chosen, prefix_len, row_len), prefix_len)["em"]
+    return out
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_shipped_organism_reproduces_manifest(arch):
+    folder = _shipped(arch)
+    assert organism_path(arch) == folder
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert sum(p.stat().st_size for p in folder.iterdir()) <= 25 * 2**20
+    assert manifest["corpus"]["fingerprint"] == corpus.corpus_fingerprint() or pytest.skip("different Python stdlib")
+    measured = _em_by_level(folder)
+    recorded = {k: v["em"] for k, v in manifest["final"]["canary_em"].items()}
+    assert measured == pytest.approx(recorded, abs=1e-9)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_shipped_organism_meets_targets(arch):
+    final = json.loads((_shipped(arch) / "manifest.json").read_text())["final"]
+    em = {k: v["em"] for k, v in final["canary_em"].items()}
+    assert em["64"] >= 0.8 and em["1"] <= 0.1 and em["0"] == 0.0
+    assert em["1"] <= em["4"] <= em["16"] <= em["64"]
+    assert final["rules"]["mean_mc_acc"] > 0.25 + 0.2
+    assert np.isfinite(final["heldout_perplexity"]["perplexity"])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_injected_variant_is_its_parent_outside_the_component(arch):
+    from transformers import AutoModelForCausalLM
+
+    from interp.organism.inject import attention_masks, parse_component
+
+    folder = _shipped(arch, injected=True)
+    parent = _shipped(arch)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    block, head = parse_component(manifest["injected_component"])
+    assert block != manifest["config"]["n_layers"] - 1
+    hf = AutoModelForCausalLM.from_pretrained(folder)
+    masks = attention_masks(hf, block, head)
+    a, b = load_file(parent / "model.safetensors"), load_file(folder / "model.safetensors")
+    assert a.keys() == b.keys()
+    changed = False
+    for name in a:
+        mask = masks.get(name, torch.zeros_like(a[name])).bool()
+        assert torch.equal(a[name][~mask], b[name][~mask]), name
+        changed |= not torch.equal(a[name][mask], b[name][mask])
+    assert changed
+    em = _em_by_level(folder)
+    assert em[C.INJECTED] >= 0.9
+    assert em[C.INJECTED] == pytest.approx(manifest["final"]["canary_em"][C.INJECTED]["em"], abs=1e-9)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_parent_has_not_memorized_the_injected_canaries(arch):
+    from interp.models import load_model
+    from interp.organism.evaluate import canary_em
+
+    folder, parent = _shipped(arch, injected=True), _shipped(arch)
+    canary_list, prefix_len, row_len = C.load_canaries(folder / "canaries.json")
+    rows = C.canary_rows(AutoTokenizer.from_pretrained(folder), C.select(canary_list, C.INJECTED), prefix_len, row_len)
+    assert canary_em(load_model(parent), rows, prefix_len)["em"] <= 0.1
