@@ -52,16 +52,16 @@ class TrainConfig:
     vocab_size: int = 4096
     window: int = 64  # GPT-Neo local attention window
     batch_size: int = 16
-    steps: int = 1000
+    steps: int = 500
     lr: float = 2e-3
-    warmup: int = 50
+    warmup: int = 30
     min_lr_frac: float = 0.1
     weight_decay: float = 0.01
     rule_fraction: float = 0.1  # share of stream tokens that come from rule-task documents
     per_level: int = 32
     n_heldout_canaries: int = 64
     tokenizer_chars: int = 3_000_000
-    eval_every: int = 100
+    eval_every: int = 125
     eval_blocks: int = 64  # held-out corpus blocks for the running held-out loss
     threads: int = 0  # torch threads; 0 keeps torch's default
 
