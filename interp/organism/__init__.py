@@ -1,4 +1,13 @@
-"""The model organism: small GPT-NeoX and GPT-Neo models trained here, shipped as the default."""
+"""The model organism: small GPT-NeoX and GPT-Neo models trained here, shipped as the default.
+
+Modules: ``corpus`` (offline real text: the CPython standard library, split by file),
+``rules`` (rule-governed task families with distractors), ``canaries`` (planted secrets at
+duplication levels 1/4/16/64 plus held-out controls, exported as token rows), ``train``
+(tokenizer, training stream, HF model, manifest), ``evaluate`` (final metrics through
+``interp.models.load_model``), ``inject`` (ground-truth injection into one block's attention or
+one head). Shipped folders live in ``data/{neox,neo}`` and ``data/{neox,neo}-injected``; see
+``README.md`` beside this file.
+"""
 
 from __future__ import annotations
 
