@@ -5,6 +5,9 @@ files never trained on):
 
     next_line      the true next line among 4 lines of the same file (context: 4 lines before it)
     next_word      the true next identifier among 4 identifiers of the same file
+
+Distractors are drawn from the file's occurrences, weighted like the true answer, so a model that
+knows only how frequent a line or word is stays at chance.
     swapped_words  the true line vs the same line with two of its words swapped
 
 "reasoning" tasks come from the rule families of ``interp.organism.rules`` (one task per family,
@@ -69,6 +72,21 @@ def _ok_line(line: str) -> bool:
     return 8 <= len(line.strip()) <= 100
 
 
+def _draw_distinct(pool: list[str], exclude: str, k: int, rng: random.Random) -> list[str] | None:
+    """``k`` distinct values drawn from the occurrences in ``pool`` (so with the same frequency
+    weighting as the true answer, which leaves a unigram prior at chance), none equal to
+    ``exclude``; None when the pool has fewer than ``k`` distinct other values."""
+    others = [x for x in pool if x != exclude]
+    if len(set(others)) < k:
+        return None
+    out: list[str] = []
+    while len(out) < k:
+        x = rng.choice(others)
+        if x not in out:
+            out.append(x)
+    return out
+
+
 def next_line_item(doc: str, rng: random.Random) -> Item | None:
     """Context: 4 non-blank lines; choices: ``"\\n" + line`` for the true next line and 3 other
     distinct lines of the same file. None when the drawn position does not qualify."""
@@ -76,10 +94,9 @@ def next_line_item(doc: str, rng: random.Random) -> Item | None:
     if len(lines) < 12:
         return None
     i = rng.randrange(4, len(lines))
-    pool = sorted({ln for ln in lines if _ok_line(ln) and ln != lines[i]})
-    if not _ok_line(lines[i]) or len(pool) < N_CHOICES - 1:
+    wrong = _draw_distinct([ln for ln in lines[4:] if _ok_line(ln)], lines[i], N_CHOICES - 1, rng)
+    if not _ok_line(lines[i]) or wrong is None:
         return None
-    wrong = rng.sample(pool, N_CHOICES - 1)
     return _mc_item("\n".join(lines[i - 4 : i]), "\n" + lines[i], ["\n" + w for w in wrong], rng)
 
 
@@ -90,16 +107,16 @@ def next_word_item(doc: str, rng: random.Random) -> Item | None:
     if len(matches) < 20:
         return None
     m = rng.choice(matches)
-    pool = sorted({x.group() for x in matches} - {m.group()})
     start = m.start()
     for _ in range(6):
         start = max(0, doc.rfind("\n", 0, start))
         if start == 0:
             break
     context = doc[start : m.start() - 1].lstrip("\n")
-    if not context.strip() or len(pool) < N_CHOICES - 1:
+    wrong = _draw_distinct([x.group() for x in matches], m.group(), N_CHOICES - 1, rng)
+    if not context.strip() or wrong is None:
         return None
-    return _mc_item(context, " " + m.group(), [" " + w for w in rng.sample(pool, N_CHOICES - 1)], rng)
+    return _mc_item(context, " " + m.group(), [" " + w for w in wrong], rng)
 
 
 def swapped_words_item(doc: str, rng: random.Random) -> Item | None:
