@@ -1,0 +1,159 @@
+"""Activation patching: corruption policy, agreement with transformer_lens.patching, and an
+independent reference computed from the HF modules (no TransformerLens)."""
+
+import pytest
+import torch
+import transformer_lens.patching as tlp
+
+from interp import patching as P
+from interp.generation import greedy_generate
+from reference import _values_and_proj, attention_modules
+
+torch.set_num_threads(1)  # the tiny models are far faster single-threaded on a shared CPU
+
+PREFIX, SUFFIX = 6, 5
+
+
+@pytest.fixture(scope="module")
+def setup(bridge):
+    rows = torch.randint(1, 500, (4, PREFIX + SUFFIX), generator=torch.Generator().manual_seed(7))
+    rows[:, PREFIX:] = greedy_generate(bridge, rows[:, :PREFIX], SUFFIX)  # memorized by construction
+    runs = P.prepare_runs(bridge, rows, PREFIX, n_corrupt=2, seed=1)
+    return rows, runs
+
+
+@pytest.fixture(scope="module")
+def patched(bridge, setup):
+    rows, runs = setup
+    return P.patch(bridge, rows, PREFIX, runs=runs, batch_size=40)
+
+
+def test_corruption_policy_is_seeded_and_changes_exactly_k_prefix_tokens():
+    rows = torch.randint(0, 50, (20, 12), generator=torch.Generator().manual_seed(0))
+    a = P.corrupt_prefix(rows, 8, 3, 50, seed=4)
+    assert torch.equal(a, P.corrupt_prefix(rows, 8, 3, 50, seed=4))
+    assert not torch.equal(a, P.corrupt_prefix(rows, 8, 3, 50, seed=5))
+    assert ((a != rows).sum(1) == 3).all()
+    assert torch.equal(a[:, 8:], rows[:, 8:]) and a.min() >= 0 and a.max() < 50
+    with pytest.raises(ValueError):
+        P.corrupt_prefix(rows, 8, 9, 50)
+
+
+def test_table_is_tidy_and_complete(bridge, patched):
+    L, H, n_pos = bridge.cfg.n_layers, bridge.cfg.n_heads, PREFIX + SUFFIX - 1
+    per_direction_metric = 3 * L * n_pos + L * H
+    assert len(patched) == 2 * 2 * per_direction_metric
+    heads = patched[patched.site == "head"]
+    assert heads.position.isna().all() and set(heads.component) == {f"L{l}H{h}" for l in range(L) for h in range(H)}
+    assert patched[patched.site != "head"]["head"].isna().all()
+
+
+def test_uncorrupted_positions_of_the_embedding_do_nothing(setup, patched):
+    """resid_pre of block 0 at a position where clean and corrupted tokens agree is identical in
+    both runs, so patching it leaves the base run unchanged (normalized effect exactly 0)."""
+    rows, runs = setup
+    same = (runs.clean == runs.corrupted).all(0).nonzero().squeeze(1).tolist()
+    sel = patched[(patched.site == "resid_pre") & (patched.layer == 0) & patched.position.isin(same)]
+    assert len(sel) > 0
+    torch.testing.assert_close(torch.tensor(sel.normalized.to_numpy()), torch.zeros(len(sel), dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+def test_gap_is_positive_for_memorized_rows(setup):
+    _, runs = setup
+    assert runs.clean_metrics["suffix_logprob"] > runs.corrupted_metrics["suffix_logprob"]
+
+
+TL_FUNCS = {
+    "resid_pre": (tlp.get_act_patch_resid_pre, ["layer", "position"]),
+    "attn_out": (tlp.get_act_patch_attn_out, ["layer", "position"]),
+    "mlp_out": (tlp.get_act_patch_mlp_out, ["layer", "position"]),
+    "head": (tlp.get_act_patch_attn_head_out_all_pos, ["layer", "head"]),
+}
+
+
+@pytest.mark.parametrize("direction", P.DIRECTIONS)
+def test_agrees_with_transformer_lens_patching(bridge, setup, patched, direction):
+    _, runs = setup
+    base, src = (runs.corrupted, runs.clean) if direction == "denoising" else (runs.clean, runs.corrupted)
+    _, cache = bridge.run_with_cache(src)
+    for metric, fn in P.METRIC_FNS.items():
+        for site, (tl_fn, order) in TL_FUNCS.items():
+            theirs = tl_fn(bridge, base, cache, lambda lg: fn(lg, runs.target), reduce="mean")
+            ours = patched[(patched.site == site) & (patched.direction == direction) & (patched.metric == metric)]
+            ours = torch.tensor(ours.sort_values(order)["value"].to_numpy(), dtype=torch.float32).view(theirs.shape)
+            torch.testing.assert_close(ours, theirs.float(), atol=1e-4, rtol=1e-5, msg=f"{site} {metric}")
+
+
+# ---------------------------------------------------------------- independent HF reference
+
+
+def _layers(hf):
+    return hf.gpt_neox.layers if hf.config.model_type == "gpt_neox" else hf.transformer.h
+
+
+def _n_heads(hf):
+    return getattr(hf.config, "num_attention_heads", None) or hf.config.num_heads
+
+
+def _z_from_module(module, args, kwargs, output, n_heads):
+    x = args[0] if args else kwargs["hidden_states"]
+    v, proj = _values_and_proj(module, x, n_heads)
+    return torch.einsum("bhqk,bkhd->bqhd", output[1], v), proj
+
+
+@torch.no_grad()
+def hf_suffix_logprob(hf, tokens, suffix, *, layer=None, head=None, z_src=None, pos=None, resid_src=None):
+    """Mean suffix log-prob from HF, optionally with head ``head``'s z or the residual stream
+    entering block ``layer`` at ``pos`` replaced by the given source activations."""
+    handles, store = [], {}
+    n_heads = _n_heads(hf)
+    if z_src is not None or head is not None:
+        def attn_hook(module, args, kwargs, output):
+            z, proj = _z_from_module(module, args, kwargs, output, n_heads)
+            store["z"] = z
+            if z_src is None:
+                return output
+            z = z.clone()
+            z[:, :, head] = z_src[:, :, head]
+            return (proj(z.reshape(*z.shape[:2], -1)), output[1])
+
+        handles.append(attention_modules(hf)[layer].register_forward_hook(attn_hook, with_kwargs=True))
+    if pos is not None:
+        def pre_hook(module, args, kwargs):
+            h = args[0] if args else kwargs["hidden_states"]
+            store["resid"] = h.clone()
+            if resid_src is None:
+                return None
+            h = h.clone()
+            h[:, pos] = resid_src[:, pos]
+            return ((h, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": h})
+
+        handles.append(_layers(hf)[layer].register_forward_pre_hook(pre_hook, with_kwargs=True))
+    try:
+        logits = hf(tokens, output_attentions=True).logits
+    finally:
+        for h in handles:
+            h.remove()
+    T = suffix.shape[1]
+    logp = torch.log_softmax(logits[:, PREFIX - 1 : PREFIX - 1 + T].double(), -1)
+    return float(logp.gather(-1, suffix[..., None]).squeeze(-1).sum(-1).mean()), store
+
+
+def test_head_and_residual_patches_match_hf_reference(bridge, hf, setup, patched):
+    rows, runs = setup
+    suffix = rows[:, PREFIX:]
+    last = int(bridge.cfg.n_layers) - 1
+    # head patch, denoising: clean z of head (last, 1) into the corrupted run
+    _, clean_store = hf_suffix_logprob(hf, runs.clean, suffix, layer=last, head=1)
+    ref, _ = hf_suffix_logprob(hf, runs.corrupted, suffix, layer=last, head=1, z_src=clean_store["z"])
+    comp = f"L{last}H1"
+    ours = patched.query("site == 'head' and direction == 'denoising' and metric == 'suffix_logprob' and component == @comp")
+    assert ours["value"].item() == pytest.approx(ref, abs=1e-4)
+    # residual patch, noising: corrupted residual entering block 1 at position 2 into the clean run
+    _, corr_store = hf_suffix_logprob(hf, runs.corrupted, suffix, layer=1, pos=2)
+    ref, _ = hf_suffix_logprob(hf, runs.clean, suffix, layer=1, pos=2, resid_src=corr_store["resid"])
+    ours = patched.query("site == 'resid_pre' and direction == 'noising' and metric == 'suffix_logprob' and layer == 1 and position == 2")
+    assert ours["value"].item() == pytest.approx(ref, abs=1e-4)
+    # unpatched endpoints
+    clean, _ = hf_suffix_logprob(hf, runs.clean, suffix)
+    assert runs.clean_metrics["suffix_logprob"] == pytest.approx(clean, abs=1e-4)
