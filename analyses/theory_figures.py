@@ -8,8 +8,9 @@ result folder; never loads a model. For each folder it draws, per bypassed block
 (b) the tightness measured / bound of each bound;
 (c) the difference propagated to the block output, the final residual and the logits, with the
     logits bound;
-(d) the growth E_final / E_l of the residual difference through the later blocks, and the mean
-    per-block factor rho_k.
+(d) the growth E_final / E_l of the residual difference through the later blocks against the
+    product of the certified step factors (the bound's growth, larger for earlier blocks), and
+    the per-block factors rho_k, measured and bounded.
 
 Usage: python analyses/theory_figures.py RESULTS_DIR [RESULTS_DIR ...] [--out figures/theory]
 writes <out>/<folder name>.png and .pdf.
@@ -77,12 +78,19 @@ def panel_propagated(ax, bounds: pd.DataFrame) -> None:
     ax.legend(fontsize=7)
 
 
+def _geomean(propagation: pd.DataFrame, col: str) -> pd.Series:
+    later = propagation[propagation["block"] > propagation["layer"]].dropna(subset=[col])
+    return later.groupby("layer")[col].apply(lambda r: float(np.exp(np.log(r).mean())))
+
+
 def panel_growth(ax, propagation: pd.DataFrame) -> None:
     last = propagation[propagation["block"] == propagation["block"].max()]
-    _band(ax, quartiles(last, "gain"), "E_final / E_l", "tab:purple")
-    rho = propagation.dropna(subset=["rho"]).groupby("layer")["rho"].apply(lambda r: float(np.exp(np.log(r).mean())))
-    if len(rho):
-        ax.plot(rho.index, rho.to_numpy(), marker="x", color="tab:cyan", label="geometric mean ρ_k, k > l")
+    _band(ax, quartiles(last, "gain"), "measured E_final / E_l", "tab:purple")
+    _band(ax, quartiles(last, "gain_bound"), "bound: prod of step factors", "tab:red", marker="v")
+    for col, label, color in (("rho", "measured ρ_k (geo. mean, k > l)", "tab:cyan"), ("rho_bound", "step bound on ρ_k", "tab:pink")):
+        g = _geomean(propagation, col)
+        if len(g):
+            ax.plot(g.index, g.to_numpy(), marker="x", ls=":", color=color, label=label)
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.set(yscale="log", xlabel="bypassed block", ylabel="factor", title="(d) growth through later blocks")
     ax.legend(fontsize=7)

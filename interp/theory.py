@@ -11,8 +11,9 @@ derivations and assumptions in docs/theory.md):
 - D3, block output: parallel blocks (GPT-NeoX) pass ``delta`` through unchanged; sequential
   blocks (GPT-Neo) amplify it by at most ``1 + ||W_out|| c_act ||W_in|| ||gamma2||_inf / s_min``,
   with ``s_min`` the smallest LayerNorm scale along the segment between the two residuals.
-- D4, propagation factors ``rho_k = E_k / E_{k-1}`` through the later blocks, and the logits
-  bound ``||delta logits|| <= ||W_U||_2 ||gamma_f||_inf / s_min ||delta h_final||``.
+- D4, propagation factors ``rho_k = E_k / E_{k-1}`` through the later blocks with a certified
+  step bound on each (LayerNorm, value path, softmax and MLP with local constants), and the
+  logits bound ``||delta logits|| <= ||W_U||_2 ||gamma_f||_inf / s_min ||delta h_final||``.
 
 Every function is pure: weights come from the bridge's HF model (``model.original_model``),
 activations from ``run_with_cache`` of the normal run and of the run with
@@ -67,6 +68,13 @@ class BlockWeights:
     act: str
     window: int | None  # keys j with i - window < j <= i (local attention); None = causal
     parallel: bool
+    W_Q: Float[Tensor, "head d_model d_head"]
+    b_Q: Float[Tensor, "head d_head"]
+    W_K: Float[Tensor, "head d_model d_head"]
+    b_K: Float[Tensor, "head d_head"]
+    score_scale: float  # scores are score_scale * (R_i q_i) . (R_j k_j) with rotary R (identity for GPT-Neo)
+    rope_gain: float  # |R x| <= rope_gain |x| (1 for plain rotary)
+    eps1: float
 
 
 @dataclass(frozen=True)
@@ -109,36 +117,42 @@ def block_weights(model, layer: int) -> BlockWeights:
     n_heads = int(model.cfg.n_heads)
     if cfg.model_type == "gpt_neox":
         blk = hf.gpt_neox.layers[layer]
-        W_qkv, b_qkv = _linear(blk.attention.query_key_value)
-        W_V, b_V = _neox_values(W_qkv, b_qkv, n_heads)
-        W_o, b_o = _linear(blk.attention.dense)
+        attn = _unwrap(blk.attention)
+        (W_Q, b_Q), (W_K, b_K), (W_V, b_V) = _neox_qkv(*_linear(attn.query_key_value), n_heads)
+        W_o, b_o = _linear(attn.dense)
         ln1, ln2, fc_in, fc_out = blk.input_layernorm, blk.post_attention_layernorm, blk.mlp.dense_h_to_4h, blk.mlp.dense_4h_to_h
         act, window, parallel = cfg.hidden_act, None, bool(cfg.use_parallel_residual)
+        scale = float(getattr(attn, "scaling", W_V.shape[-1] ** -0.5))
+        rope_gain = max(1.0, float(getattr(_unwrap(hf.gpt_neox.rotary_emb), "attention_scaling", 1.0)))
     elif cfg.model_type == "gpt_neo":
         blk = hf.transformer.h[layer]
         attn = _unwrap(blk.attn)  # the bridge wraps GPTNeoSelfAttention directly
         attn = attn if hasattr(attn, "v_proj") else attn.attention
-        W_V, b_V = _split_heads(*_linear(attn.v_proj), n_heads)
+        (W_Q, b_Q), (W_K, b_K), (W_V, b_V) = (_split_heads(*_linear(getattr(attn, f"{n}_proj")), n_heads) for n in "qkv")
         W_o, b_o = _linear(attn.out_proj)
         ln1, ln2, fc_in, fc_out = blk.ln_1, blk.ln_2, blk.mlp.c_fc, blk.mlp.c_proj
         local = cfg.attention_layers[layer] == "local"
         act, window, parallel = cfg.activation_function, (int(cfg.window_size) if local else None), False
+        scale, rope_gain = 1.0, 1.0  # GPT-Neo does not scale its scores
     else:
         raise InputError(f"the theory checks support gpt_neox and gpt_neo models; found {cfg.model_type!r}")
     d_head = W_V.shape[-1]
     W_O = W_o.reshape(n_heads, d_head, -1)
     b_O = torch.zeros(W_O.shape[-1], dtype=F64) if b_o is None else b_o
-    gamma1, _ = _norm(ln1)
+    gamma1, eps1 = _norm(ln1)
     gamma2, eps2 = _norm(ln2)
-    return BlockWeights(W_V, b_V, W_O, b_O, gamma1, gamma2, eps2, _linear(fc_in)[0], _linear(fc_out)[0], act, window, parallel)
+    return BlockWeights(
+        W_V, b_V, W_O, b_O, gamma1, gamma2, eps2, _linear(fc_in)[0], _linear(fc_out)[0], act, window, parallel,
+        W_Q, b_Q, W_K, b_K, scale, rope_gain, eps1,
+    )  # fmt: skip
 
 
-def _neox_values(W_qkv: Tensor, b_qkv: Tensor | None, n_heads: int) -> tuple[Tensor, Tensor]:
-    """Value slices of GPT-NeoX's fused projection, laid out per head as [head, (q, k, v), d_head]."""
+def _neox_qkv(W_qkv: Tensor, b_qkv: Tensor | None, n_heads: int) -> list[tuple[Tensor, Tensor]]:
+    """(W, b) of q, k, v from GPT-NeoX's fused projection, laid out per head as [head, (q, k, v), d_head]."""
     d_model = W_qkv.shape[0]
-    W = W_qkv.reshape(d_model, n_heads, 3, -1)[:, :, 2].permute(1, 0, 2)
-    b = torch.zeros(n_heads, W.shape[-1], dtype=F64) if b_qkv is None else b_qkv.reshape(n_heads, 3, -1)[:, 2]
-    return W, b
+    W = W_qkv.reshape(d_model, n_heads, 3, -1).permute(2, 1, 0, 3)  # [3, head, d_model, d_head]
+    b = torch.zeros(3, n_heads, W.shape[-1], dtype=F64) if b_qkv is None else b_qkv.reshape(n_heads, 3, -1).permute(1, 0, 2)
+    return [(W[n], b[n]) for n in range(3)]
 
 
 def final_weights(model) -> FinalWeights:
@@ -294,6 +308,67 @@ def logits_lipschitz(f: FinalWeights) -> float:
     return spectral_norm(f.W_U) * float(f.gamma_f.abs().max())
 
 
+def _window_diameter(y: Float[Tensor, "group pos dim"], window: int | None) -> Float[Tensor, "group pos"]:
+    """``max_{j, j' in K(i) + {i}} ||y_j - y_j'||``: the spread of what query ``i`` can see."""
+    dist = torch.cdist(y, y, compute_mode="donot_use_mm_for_euclid_dist")
+    p = y.shape[1]
+    if window is None:
+        return dist.masked_fill(~torch.ones(p, p, dtype=torch.bool).tril(), 0.0).amax(-1).cummax(-1).values
+    out = torch.empty(dist.shape[:2], dtype=dist.dtype)
+    for i in range(p):
+        lo = max(0, i - window + 1)
+        out[:, i] = dist[:, lo : i + 1, lo : i + 1].amax((-1, -2))
+    return out
+
+
+def attention_step_bound(
+    w: BlockWeights,
+    pattern: Float[Tensor, "batch head query key"],
+    u: Float[Tensor, "batch pos d_model"],
+    u_b: Float[Tensor, "batch pos d_model"],
+    du: Float[Tensor, "batch pos"],
+) -> Float[Tensor, "batch pos"]:
+    """D4 step, attention part: bound on ``||o_i - õ_i||`` in a block whose LN1 outputs differ by
+    at most ``du_j`` at each position (normal ``u`` with pattern ``A``; perturbed ``u_b``).
+
+    ``o - õ = sum_j A_ij (x_j - x̃_j) + sum_j (A_ij - Ã_ij) x̃_j`` per head; the first term is at most
+    ``||W_VO||_2 sum_j A_ij du_j``; the second at most ``||A_i - Ã_i||_1 / 2`` times the spread of
+    ``x̃`` over the visible keys, with ``||A_i - Ã_i||_1 <= min(2, range_j |Δs_ij|)`` (softmax) and
+    ``|Δs_ij| <= scale rope^2 (||q_i|| ||W_K||_2 du_j + ||W_Q||_2 du_i ||k̃_j||)`` (scores are bilinear).
+    """
+    p = u.shape[1]
+    mask = key_mask(p, w.window) | torch.eye(p, dtype=torch.bool)
+    R_O, vo_norms = _head_factors(w)
+    value = torch.einsum("bhij,bj,h->bi", pattern.to(F64), du, vo_norms)
+    q_norm = _norm_last(torch.einsum("bpd,hde->bhpe", u.to(F64), w.W_Q) + w.b_Q[None, :, None])
+    k_norm = _norm_last(torch.einsum("bpd,hde->bhpe", u_b.to(F64), w.W_K) + w.b_K[None, :, None])
+    nQ, nK = (torch.linalg.matrix_norm(W, ord=2) for W in (w.W_Q, w.W_K))
+    g = w.score_scale * w.rope_gain**2
+    ds = g * (q_norm[..., :, None] * (nK[None, :, None, None] * du[:, None, None, :])
+              + (nQ[None, :, None] * du[:, None, :])[..., None] * k_norm[..., None, :])  # fmt: skip
+    l1 = (2 * ds.masked_fill(~mask, 0.0).amax(-1)).clamp(max=2.0)  # [b, h, i]
+    y_b = torch.einsum("bpd,hde,hfe->bhpf", u_b.to(F64), w.W_V, R_O)
+    b, h = y_b.shape[:2]
+    diam = _window_diameter(y_b.reshape(b * h, p, -1), w.window).reshape(b, h, p)
+    return value + (l1 / 2 * diam).sum(1)
+
+
+def block_step_bound(
+    w: BlockWeights, mlp_lip: float, normal: dict[str, Tensor], bypassed: dict[str, Tensor], layer: int
+) -> Float[Tensor, "batch pos"]:
+    """D4 step: a bound on ``||y_i - ỹ_i||`` after block ``layer >= 1`` given its input difference
+    (both runs' activations of this block provide the local constants; ``mlp_lip`` is
+    ``mlp_lipschitz(w)``)."""
+    h, h_b = normal[sites.resid_post(layer - 1)], bypassed[sites.resid_post(layer - 1)]
+    dh = _norm_last(h - h_b)
+    du = float(w.gamma1.abs().max()) * dh / segment_min_scale(h, h_b, w.eps1)
+    att = attention_step_bound(w, normal[sites.pattern(layer)], normal[sites.ln1_out(layer)], bypassed[sites.ln1_out(layer)], du)
+    if w.parallel:
+        return dh + att + mlp_lip * dh / segment_min_scale(h, h_b, w.eps2)
+    mid, mid_b = normal[sites.resid_mid(layer)], bypassed[sites.resid_mid(layer)]
+    return (dh + att) * (1 + mlp_lip / segment_min_scale(mid, mid_b, w.eps2))
+
+
 # ---------------------------------------------------------------------------------------------
 # Runs and tables
 # ---------------------------------------------------------------------------------------------
@@ -318,7 +393,8 @@ def _normal_names(n_layers: int, sequential: bool) -> set[str]:
 
 def _bypass_names(layer: int, n_layers: int, sequential: bool) -> set[str]:
     names = {sites.attn_out(layer)} | {sites.resid_post(k) for k in range(layer, n_layers)}
-    return names | ({sites.resid_mid(layer)} if sequential else set())
+    names |= {sites.ln1_out(k) for k in range(layer + 1, n_layers)}
+    return names | ({sites.resid_mid(k) for k in range(layer, n_layers)} if sequential else set())
 
 
 def _run(model, tokens: Tensor, names: set[str], interventions=()) -> tuple[Tensor, dict[str, Tensor]]:
@@ -365,21 +441,33 @@ def _block_bound(w: BlockWeights, delta, normal, bypassed, layer: int, consts) -
     return {"block_identity_err": torch.full_like(dnorm, float("nan")), "s_min_ln2": s_min, "block_factor": factor, "block_bound": factor * dnorm}
 
 
-def _propagation_rows(layer: int, n_layers: int, normal, bypassed, seq0: int) -> pd.DataFrame:
-    """``E_k`` (Frobenius norm over a sequence's positions) for k = layer..L-1, and ``rho_k``."""
-    E = torch.stack(
-        [torch.linalg.vector_norm(normal[sites.resid_post(k)] - bypassed[sites.resid_post(k)], dim=(-2, -1)) for k in range(layer, n_layers)],
-        dim=1,
-    ).numpy()  # [batch, blocks]
+def _propagation_rows(layer: int, normal, bypassed, seq0: int, consts) -> pd.DataFrame:
+    """Per sequence and block k >= layer: ``E_k`` (Frobenius norm over positions), ``rho_k``,
+    the gain ``E_k / E_layer``, the certified step bound ``E_bound_k`` (from block k's per-token
+    input differences; empty at k = layer, whose bound is D3 in the bounds table),
+    ``rho_bound = E_bound_k / E_{k-1}`` and its running product ``gain_bound``."""
+    n_layers, weights = consts["n_layers"], consts["weights"]
+    blocks = range(layer, n_layers)
+
+    def frob(x: Tensor) -> np.ndarray:
+        return torch.sqrt((x**2).sum(-1)).numpy()
+
+    E = np.stack([frob(_norm_last(normal[sites.resid_post(k)] - bypassed[sites.resid_post(k)])) for k in blocks], 1)
+    scale = np.stack([frob(_norm_last(normal[sites.resid_post(k)])) for k in blocks], 1)
+    steps = [frob(block_step_bound(weights[k], consts["mlp_lip"][k], normal, bypassed, k)) for k in blocks if k > layer]
+    E_bound = np.stack([np.full(E.shape[0], np.nan), *steps], 1)
     with np.errstate(divide="ignore", invalid="ignore"):
         rho = np.concatenate([np.full((E.shape[0], 1), np.nan), E[:, 1:] / E[:, :-1]], axis=1)
+        rho_bound = np.concatenate([np.full((E.shape[0], 1), np.nan), E_bound[:, 1:] / E[:, :-1]], axis=1)
         gain = E / E[:, :1]
+    gain_bound = np.cumprod(np.nan_to_num(rho_bound, nan=1.0), axis=1)
     n_b, n_k = E.shape
+    cols = {"E": E, "rho": rho, "gain": gain, "E_bound": E_bound, "rho_bound": rho_bound, "gain_bound": gain_bound, "E_scale": scale}
     return pd.DataFrame({
         "layer": layer,
         "sequence": np.repeat(np.arange(seq0, seq0 + n_b), n_k),
         "block": np.tile(np.arange(layer, n_layers), n_b),
-        "E": E.ravel(), "rho": rho.ravel(), "gain": gain.ravel(),
+        **{k: v.ravel() for k, v in cols.items()},
     })  # fmt: skip
 
 
@@ -430,13 +518,14 @@ def theory_tables(
     layers = list(range(n_layers)) if layers is None else [int(x) for x in layers]
     if bad := [x for x in layers if not 0 <= x < n_layers]:
         raise InputError(f"layers {bad} are outside the model's blocks 0..{n_layers - 1}")
-    weights = {layer: block_weights(model, layer) for layer in layers}
+    weights = {k: block_weights(model, k) for k in range(n_layers)}
     final = final_weights(model)
     sequential = any(not w.parallel for w in weights.values())
     consts = {
         "n_layers": n_layers,
+        "weights": weights,
         "logits_lip": logits_lipschitz(final),
-        "mlp_lip": {layer: mlp_lipschitz(w) for layer, w in weights.items()},
+        "mlp_lip": {k: mlp_lipschitz(w) for k, w in weights.items()},
     }
     bounds, props = [], []
     device = model.cfg.device
@@ -447,7 +536,7 @@ def theory_tables(
             logits_b, bypassed = _run(model, batch, _bypass_names(layer, n_layers, sequential), [AttentionBypass(layer)])
             cols = _block_columns(layer, weights[layer], normal, bypassed, logits, logits_b, final, consts)
             bounds.append(_tidy(layer, cols, start))
-            props.append(_propagation_rows(layer, n_layers, normal, bypassed, start))
+            props.append(_propagation_rows(layer, normal, bypassed, start, consts))
     return TheoryTables(pd.concat(bounds, ignore_index=True), pd.concat(props, ignore_index=True))
 
 
@@ -480,6 +569,11 @@ def violations(bounds: pd.DataFrame, rtol: float = RTOL) -> pd.DataFrame:
     })  # fmt: skip
 
 
+def propagation_violations(propagation: pd.DataFrame, rtol: float = RTOL) -> pd.Series:
+    """Rows where the measured ``E_k`` exceeds its step bound beyond float tolerance."""
+    return propagation["E"] > propagation["E_bound"] + rtol * propagation["E_scale"] + 1e-12
+
+
 def summarize(tables: TheoryTables, rtol: float = RTOL) -> pd.DataFrame:
     """One row per bypassed layer: token count, violation counts, median/max tightness of each
     bound, largest relative D1 error, and the propagation gain E_final / E_layer (median)."""
@@ -492,6 +586,14 @@ def summarize(tables: TheoryTables, rtol: float = RTOL) -> pd.DataFrame:
         agg[f"{col}_max"] = (col, "max")
     agg["d1_rel_err_max"] = ("d1_rel_err", "max")
     out = b.groupby("layer").agg(**agg)
-    p = tables.propagation
-    last = p[p["block"] == p["block"].max()].groupby("layer")["gain"].median().rename("gain_final_median")
-    return out.join(last).reset_index()
+    p = tables.propagation.assign(viol_step=propagation_violations(tables.propagation, rtol))
+    last = p[p["block"] == p["block"].max()].groupby("layer")
+    later = p[p["block"] > p["layer"]].groupby("layer")
+    prop = pd.DataFrame({
+        "viol_step": p.groupby("layer")["viol_step"].sum(),
+        "rho_median": later["rho"].median(),
+        "rho_bound_median": later["rho_bound"].median(),
+        "gain_final_median": last["gain"].median(),
+        "gain_bound_final_median": last["gain_bound"].median(),
+    })  # fmt: skip
+    return out.join(prop).reset_index()

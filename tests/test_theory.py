@@ -114,6 +114,8 @@ def _assert_no_violations(tables: theory.TheoryTables) -> None:
     viol = theory.violations(tables.bounds)
     bad = tables.bounds[viol.any(axis=1)]
     assert not len(bad), f"{viol.sum().to_dict()}\n{bad.head().T}"
+    step = theory.propagation_violations(tables.propagation)
+    assert not step.any(), f"step bound violated:\n{tables.propagation[step].head().T}"
 
 
 def _check_case(boot_dirs, arch, case) -> None:
@@ -263,15 +265,59 @@ def test_d1_and_bounds_match_brute_force_loops(ref):
                 assert math.isclose(float(got[name][0, i]), float(want), rel_tol=1e-5, abs_tol=1e-7), (layer, i, name)
 
 
-def test_wvo_norms_and_spectral_norm_match_full_svd():
-    g = torch.Generator().manual_seed(0)
-    W_V, W_O = torch.randn(3, 10, 4, generator=g, dtype=torch.float64), torch.randn(3, 4, 10, generator=g, dtype=torch.float64)
-    z = torch.zeros(3, dtype=torch.float64)
-    w = theory.BlockWeights(W_V, torch.zeros(3, 4, dtype=torch.float64), W_O, torch.zeros(10, dtype=torch.float64), z.new_ones(10), z.new_ones(10), 1e-5, W_V[0], W_O[0], "gelu", None, True)
-    want = torch.stack([torch.linalg.matrix_norm(W_V[m] @ W_O[m], 2) for m in range(3)])
+def test_wvo_norms_and_spectral_norm_match_full_svd(ref):
+    _, model, _, _ = ref
+    w = theory.block_weights(model, 0)
+    want = torch.stack([torch.linalg.matrix_norm(w.W_V[m] @ w.W_O[m], 2) for m in range(w.W_V.shape[0])])
     torch.testing.assert_close(theory.wvo_norms(w), want)
+    g = torch.Generator().manual_seed(0)
     for M in (torch.randn(7, 30, generator=g), torch.randn(30, 7, generator=g)):
         assert math.isclose(theory.spectral_norm(M), float(torch.linalg.matrix_norm(M.double(), 2)), rel_tol=1e-10)
+
+
+def test_query_key_weights_reproduce_the_scores(ref):
+    """W_Q, W_K, the score scale and the rotary gain. GPT-Neo (no rotary): softmax of our scores is
+    hook_pattern. GPT-NeoX: q, k norms match the hooks and |s_ij| <= scale rope^2 ||q_i|| ||k_j||
+    against hook_attn_scores (GPT-Neo's bridge stores the pattern there, so it is not used)."""
+    arch, model, _, tokens = ref
+    p = tokens.shape[1]
+    for layer in range(model.cfg.n_layers):
+        w = theory.block_weights(model, layer)
+        names = {sites.ln1_out(layer), sites.pattern(layer), f"blocks.{layer}.attn.hook_q", f"blocks.{layer}.attn.hook_k", f"blocks.{layer}.attn.hook_attn_scores"}
+        c = _cache(model, tokens, names)
+        u = c[sites.ln1_out(layer)]
+        q = torch.einsum("bpd,hde->bphe", u, w.W_Q) + w.b_Q
+        k = torch.einsum("bpd,hde->bphe", u, w.W_K) + w.b_K
+        torch.testing.assert_close(q.norm(dim=-1), c[f"blocks.{layer}.attn.hook_q"].norm(dim=-1), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(k.norm(dim=-1), c[f"blocks.{layer}.attn.hook_k"].norm(dim=-1), rtol=1e-5, atol=1e-5)
+        allowed = theory.key_mask(p, w.window) | torch.eye(p, dtype=torch.bool)
+        if arch == "neo":
+            scores = w.score_scale * torch.einsum("bihe,bjhe->bhij", q, k)
+            want = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+            torch.testing.assert_close(want, c[sites.pattern(layer)], rtol=1e-4, atol=1e-5)
+        else:
+            scores = c[f"blocks.{layer}.attn.hook_attn_scores"]
+            cap = w.score_scale * w.rope_gain**2 * torch.einsum("bih,bjh->bhij", q.norm(dim=-1), k.norm(dim=-1))
+            assert (scores.abs()[..., allowed] <= cap[..., allowed] * (1 + 1e-5) + 1e-6).all()
+            torch.testing.assert_close(scores.masked_fill(~allowed, float("-inf")).softmax(-1), c[sites.pattern(layer)], rtol=1e-4, atol=1e-5)
+
+
+def test_step_bounds_hold_per_token_in_later_blocks(ref):
+    """The attention part of the D4 step bound holds token by token, not only per sequence."""
+    _, model, _, tokens = ref
+    n = int(model.cfg.n_layers)
+    names = {sites.resid_post(k) for k in range(n)} | {sites.ln1_out(k) for k in range(n)} | {sites.pattern(k) for k in range(n)} | {sites.attn_out(k) for k in range(n)}
+    normal = _cache(model, tokens, names)
+    bypassed = _cache(model, tokens, names, [AttentionBypass(0)])
+    for k in range(1, n):
+        w = theory.block_weights(model, k)
+        h, h_b = normal[sites.resid_post(k - 1)], bypassed[sites.resid_post(k - 1)]
+        du = w.gamma1.abs().max() * (h - h_b).norm(dim=-1) / theory.segment_min_scale(h, h_b, w.eps1)
+        assert ((normal[sites.ln1_out(k)] - bypassed[sites.ln1_out(k)]).norm(dim=-1) <= du * (1 + 1e-6) + 1e-7).all()
+        bound = theory.attention_step_bound(w, normal[sites.pattern(k)], normal[sites.ln1_out(k)], bypassed[sites.ln1_out(k)], du)
+        measured = (normal[sites.attn_out(k)] - bypassed[sites.attn_out(k)]).norm(dim=-1)
+        assert (measured <= bound * (1 + 1e-5) + 1e-7).all()
+        assert (measured[:, 1:] > 0).any()
 
 
 def _grid_min_scale(a, b, eps, lo, hi):
