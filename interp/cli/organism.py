@@ -6,6 +6,7 @@
     interp organism train --arch neox [--seed 0] [--out DIR] [--steps N]
     interp organism inject --arch neox --block 2 [--head 1] [--out DIR]
     interp organism evaluate --model DIR
+    interp organism summary
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ def register(subparsers) -> None:
     q = sub.add_parser("evaluate", help="recompute an organism folder's final metrics and print them as JSON")
     q.add_argument("--model", default="organism:neox", help="organism folder or organism[:neox|:neo][-injected]")
     q.set_defaults(func=cmd_evaluate)
+
+    q = sub.add_parser("summary", help="print a Markdown table of the shipped organisms' recorded metrics")
+    q.set_defaults(func=cmd_summary)
 
 
 def _arch_args(q: argparse.ArgumentParser) -> None:
@@ -166,4 +170,15 @@ def cmd_evaluate(args) -> int:
     if not (folder / "manifest.json").is_file():
         raise InputError(f"model folder {folder} has no manifest.json; expected an organism folder")
     sys.stdout.write(json.dumps(evaluate_folder(folder), indent=1) + "\n")
+    return 0
+
+
+def cmd_summary(args) -> int:
+    from interp.organism import DATA_DIR
+    from interp.organism.evaluate import markdown_summary
+
+    folders = [DATA_DIR / n for n in ("neox", "neo", "neox-injected", "neo-injected") if (DATA_DIR / n / "manifest.json").is_file()]
+    if not folders:
+        raise InputError(f"no organism is shipped in {DATA_DIR}")
+    sys.stdout.write(markdown_summary(folders) + "\n")
     return 0

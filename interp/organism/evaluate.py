@@ -115,3 +115,21 @@ def evaluate_folder(folder: str | Path, *, progress: bool = False) -> dict:
         "heldout_perplexity": heldout_perplexity(model, tokenizer, int(manifest["config"]["n_ctx"])),
         "rules": rule_accuracy(model, tokenizer, int(manifest["seed"])),
     }
+
+
+def markdown_summary(folders: list[str | Path]) -> str:
+    """A Markdown table of the final metrics recorded in each folder's manifest."""
+    head = ("| model | EM D=1 | D=4 | D=16 | D=64 | held-out canaries | injected | held-out ppl | "
+            "rule MC acc (chance 0.25) | rule gen EM | train s |")  # fmt: skip
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for folder in folders:
+        m = json.loads((Path(folder) / "manifest.json").read_text())
+        f = m["final"]
+        em = {k: v["em"] for k, v in f["canary_em"].items()}
+        name = Path(folder).name + (f" ({m['injected_component']})" if "injected_component" in m else "")
+        secs = m.get("injection", {}).get("seconds", m.get("train_seconds"))
+        cells = [name, *(f"{em.get(str(d), float('nan')):.2f}" for d in (1, 4, 16, 64)), f"{em.get('0', float('nan')):.2f}",
+                 f"{em[C.INJECTED]:.2f}" if C.INJECTED in em else "-", f"{f['heldout_perplexity']['perplexity']:.1f}",
+                 f"{f['rules']['mean_mc_acc']:.2f}", f"{f['rules']['mean_generation_em']:.2f}", f"{secs:.0f}"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
