@@ -96,13 +96,13 @@ class SuffixTarget:
 
 def suffix_positions(logits: Float[Tensor, "batch pos vocab"], target: SuffixTarget) -> Tensor:
     T = target.suffix.shape[1]
-    return logits[:, target.prefix_len - 1 : target.prefix_len - 1 + T].float()
+    return logits[:, target.prefix_len - 1 : target.prefix_len - 1 + T].double()
 
 
 def suffix_logprob(logits: Float[Tensor, "batch pos vocab"], target: SuffixTarget) -> Float[Tensor, " batch"]:
     """Sum over suffix positions of log p(true token), nats."""
-    logp = torch.log_softmax(suffix_positions(logits, target).double(), dim=-1)
-    return logp.gather(-1, target.suffix[..., None].to(logp.device)).squeeze(-1).sum(-1).float()
+    logp = torch.log_softmax(suffix_positions(logits, target), dim=-1)
+    return logp.gather(-1, target.suffix[..., None].to(logp.device)).squeeze(-1).sum(-1)
 
 
 def logit_diff(logits: Float[Tensor, "batch pos vocab"], target: SuffixTarget) -> Float[Tensor, " batch"]:
