@@ -385,11 +385,12 @@ def relative_drop(acc: pd.DataFrame, metric: str = "acc") -> pd.Series:
 def joined_table(
     acc: pd.DataFrame, memorization: pd.DataFrame | None = None, perplexities: pd.DataFrame | None = None
 ) -> pd.DataFrame:
-    """One row per config: memorization summary columns (``interp.memorization.summarize``), then
-    ``acc:<task>`` and ``drop:<task>`` per task, then ``acc_<kind>`` and ``drop_<kind>``, the
-    means over the tasks of each kind (``language``, ``reasoning``, ``user``), then
-    ``token_perplexity`` and ``bits_per_byte`` when ``perplexities`` is given. Configs keep the
-    accuracy table's order; a config missing from another table gets NaN there."""
+    """One row per config: memorization means (``interp.memorization.summarize`` without its
+    bootstrap interval columns), then ``acc:<task>`` and ``drop:<task>`` (relative drop of
+    ``acc`` from baseline) per task, then ``acc_<kind>`` and ``drop_<kind>``, the means over
+    the tasks of each kind (``language``, ``reasoning``, ``user``), then ``token_perplexity``
+    and ``bits_per_byte`` when ``perplexities`` is given. Configs keep the accuracy table's
+    order; a config missing from another table gets NaN there."""
     acc = acc.assign(drop=relative_drop(acc))
     configs = list(dict.fromkeys(acc["config"]))
     wide = [_pivot(acc, "acc"), _pivot(acc, "drop")]
@@ -398,7 +399,8 @@ def joined_table(
         wide.append(part.add_suffix(f"_{kind}"))
     out = pd.concat(wide, axis=1).reindex(configs)
     if memorization is not None:
-        out = memorization.set_index("config").reindex(configs).join(out)
+        means = memorization[[c for c in memorization.columns if not c.endswith(("_ci_low", "_ci_high"))]]
+        out = means.set_index("config").reindex(configs).join(out)
     if perplexities is not None:
         out = out.join(perplexities.set_index("config")[["token_perplexity", "bits_per_byte"]])
     return out.rename_axis("config").reset_index()

@@ -152,8 +152,10 @@ def test_joined_table_with_hand_made_memorization():
         "acc": [0.8, 0.5, 0.4, 0.4, 0.5, 0.2],
         "acc_norm": [0.8, 0.5, 0.4, 0.4, 0.5, 0.2],
     })  # fmt: skip
-    mem = pd.DataFrame({"config": ["block:0", "baseline"], "exact_match": [0.1, 0.9], "n_sequences": [5, 5]})
+    mem = pd.DataFrame({"config": ["block:0", "baseline"], "exact_match": [0.1, 0.9],
+                        "exact_match_ci_low": [0.0, 0.8], "n_sequences": [5, 5]})  # fmt: skip
     j = B.joined_table(acc, mem)
+    assert "exact_match_ci_low" not in j
     assert j["config"].tolist() == ["baseline", "block:0"]
     row = j.set_index("config").loc["block:0"]
     assert row["exact_match"] == 0.1 and row["acc:a"] == 0.4
