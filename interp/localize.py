@@ -1,0 +1,298 @@
+"""Localizing memorization to components, and scoring localizations against ground truth.
+
+- Per-head attention bypass (the identity-attention intervention of Menta, Agrawal and Agarwal,
+  NAACL 2025, applied to one head instead of a whole block). The paper calls a per-head sweep
+  too expensive; ``head_bypass_sweep`` makes it cheap with two observations. (1) Teacher-forced
+  metrics of all H heads of a layer come from one forward pass over the batch replicated H
+  times, where copy h bypasses head h. (2) Greedy decoding from the prefix reproduces the suffix
+  exactly iff every teacher-forced argmax on the true row is right; otherwise the free-running
+  and teacher-forced runs agree up to the first mismatch j, so generation is needed only after
+  it, and only for those rows (``interp.memorization.greedy_from_teacher_forcing``, which also
+  decodes near-tie rows in full). The result equals ``interp.memorization.evaluate`` per head
+  (tested).
+- Rankings: a tidy table ``method, component, score, rank`` (rank 1 = most responsible).
+- Ground truth, after Chang, Thomason and Jia, "Do Localization Methods Actually Localize
+  Memorized Data in LLMs? A Tale of Two Benchmarks" (NAACL 2024): Recall@k of the injected
+  component, and knockout of the top-k components measuring the drop in memorization on the
+  target rows, on other memorized rows, and in a general score (the mean next-token NLL on
+  held-out rows, or a callback); a localization is good when the first drop is much larger.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from interp import metrics, sites
+from interp.data import validate_for_model
+from interp.generation import batches, teacher_forced_logits
+from interp.interventions import AttentionBypass, Hook, Intervention, ZeroAblation
+from interp.memorization import evaluate, greedy_from_teacher_forcing
+
+log = logging.getLogger(__name__)
+
+RANKING_COLUMNS = ["method", "component", "score", "rank"]
+
+
+# ---------------------------------------------------------------- per-head bypass sweep
+
+
+def _every_head_bypass_hooks(layer: int, n_heads: int, n: int) -> list[Hook]:
+    """Hooks for a batch of ``n_heads`` stacked copies of ``n`` rows: copy h bypasses head h."""
+    store: dict[str, Tensor] = {}
+
+    def keep_v(v: Float[Tensor, "batch kpos head d_head"], hook) -> None:
+        store["v"] = v
+
+    def z_to_v(z: Float[Tensor, "batch qpos head d_head"], hook) -> Tensor:
+        v = store.pop("v")[:, -z.shape[1] :].to(z.dtype)
+        z = z.clone()
+        zv, vv = z.view(n_heads, n, *z.shape[1:]), v.reshape(n_heads, n, *v.shape[1:])
+        for h in range(n_heads):
+            zv[h, :, :, h] = vv[h, :, :, h]
+        return z
+
+    return [(sites.v(layer), keep_v), (sites.z(layer), z_to_v)]
+
+
+@torch.no_grad()
+def every_head_tf_stats(
+    model, tokens: Int[Tensor, "batch row"], prefix_len: int, layer: int, *, batch_size: int = 32
+) -> list[dict[str, Tensor]]:
+    """Per head h of ``layer``, the teacher-forced statistics of
+    ``interp.memorization.teacher_forced_stats`` with head h bypassed, from passes over the batch
+    replicated H times (copy h bypasses head h); reduced per batch, so no logits are kept."""
+    H, T = int(model.cfg.n_heads), tokens.shape[1] - prefix_len
+    parts: list[dict[str, list[Tensor]]] = [{k: [] for k in _TF_KEYS} for _ in range(H)]
+    for sl in batches(len(tokens), max(1, batch_size // H)):
+        chunk = tokens[sl]
+        inp = chunk[:, :-1].repeat(H, 1).to(model.cfg.device)
+        logits = model.run_with_hooks(inp, fwd_hooks=_every_head_bypass_hooks(layer, H, len(chunk)))
+        logits = logits[:, prefix_len - 1 :].float().view(H, len(chunk), T, -1)
+        for h in range(H):
+            for k, v in _tf_stats(logits[h], chunk[:, prefix_len:].to(logits.device)).items():
+                parts[h][k].append(v.cpu())
+    return [{k: torch.cat(v) for k, v in p.items()} for p in parts]
+
+
+_TF_KEYS = ("completion_entropy", "suffix_nll", "argmax", "margin")
+
+
+def _tf_stats(suffix_logits: Float[Tensor, "batch T vocab"], suffix: Int[Tensor, "batch T"]) -> dict[str, Tensor]:
+    top2 = suffix_logits.topk(2, dim=-1)
+    return {
+        "completion_entropy": metrics.completion_entropy(suffix_logits),
+        "suffix_nll": metrics.suffix_nll(suffix_logits, suffix),
+        "argmax": top2.indices[..., 0],
+        "margin": top2.values[..., 0] - top2.values[..., 1],
+    }
+
+
+def metrics_frame(gen: Tensor, tf: dict[str, Tensor], suffix: Tensor, n_samples: int = 100) -> pd.DataFrame:
+    """The columns of ``interp.memorization.evaluate`` from a continuation and teacher-forced stats."""
+    nll = tf["suffix_nll"]
+    return pd.DataFrame(
+        {
+            "sequence": np.arange(len(suffix)),
+            "exact_match": metrics.exact_match(gen, suffix).float().numpy(),
+            "token_accuracy": metrics.token_accuracy(gen, suffix).numpy(),
+            "completion_entropy": tf["completion_entropy"].numpy(),
+            "match_length": metrics.match_length(gen, suffix).numpy(),
+            "tf_accuracy": (tf["argmax"] == suffix).float().mean(1).numpy(),
+            "suffix_nll": nll.numpy(),
+            "extraction_logprob": metrics.extraction_log_prob(nll, n_samples).numpy(),
+        }
+    )
+
+
+def head_bypass_sweep(
+    model,
+    rows: np.ndarray,
+    prefix_len: int,
+    *,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 32,
+    n_samples: int = 100,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Memorization with each single head bypassed: one row per (head, sequence).
+
+    Columns ``config`` (``L{l}H{h}``), ``layer``, ``head``, then those of
+    ``interp.memorization.evaluate`` (same values, computed cheaply; see the module docstring).
+    """
+    validate_for_model(np.asarray(rows), prefix_len, model)
+    tokens = torch.as_tensor(np.asarray(rows), dtype=torch.long)
+    H = int(model.cfg.n_heads)
+    layers = range(int(model.cfg.n_layers)) if layers is None else layers
+    frames = []
+    for layer in tqdm(list(layers), desc="head bypass", disable=not progress, leave=False):
+        AttentionBypass(layer).hooks(model)  # validates the layer
+        stats = every_head_tf_stats(model, tokens, prefix_len, layer, batch_size=batch_size)
+        for h, tf in enumerate(stats):
+            ivs = [AttentionBypass(layer, heads=[h])]
+            gen = greedy_from_teacher_forcing(model, tokens, prefix_len, tf, ivs, batch_size=batch_size)
+            df = metrics_frame(gen, tf, tokens[:, prefix_len:], n_samples)
+            frames.append(df.assign(config=sites.head_label(layer, h), layer=layer, head=h))
+    out = pd.concat(frames, ignore_index=True)
+    return out[["config", "layer", "head", *[c for c in out.columns if c not in ("config", "layer", "head")]]]
+
+
+# ---------------------------------------------------------------- rankings
+
+
+def rank(scores: pd.DataFrame, method: str, *, tiebreak: str | None = None) -> pd.DataFrame:
+    """Ranking table from ``component`` and ``score`` columns (higher score = more responsible):
+    columns ``method, component, score, rank``; rank 1 first. Ties in ``score`` are broken by
+    the optional ``tiebreak`` column (higher first), then by component label."""
+    keys, ascending = ["score"], [False]
+    if tiebreak is not None:
+        keys, ascending = ["score", tiebreak], [False, False]
+    ordered = scores.sort_values([*keys, "component"], ascending=[*ascending, True], kind="mergesort")
+    return pd.DataFrame(
+        {"method": method, "component": ordered["component"].to_numpy(), "score": ordered["score"].to_numpy(float),
+         "rank": np.arange(1, len(ordered) + 1)}
+    )  # fmt: skip
+
+
+def rank_by_bypass(sweep_df: pd.DataFrame, baseline: pd.DataFrame, method: str) -> pd.DataFrame:
+    """Rank configs by the drop in mean exact match from ``baseline`` (ties: larger increase in
+    mean suffix NLL first). ``sweep_df`` has ``config`` and the metric columns per sequence."""
+    means = sweep_df.groupby("config", sort=False)[["exact_match", "suffix_nll"]].mean()
+    means = means.drop(index="baseline", errors="ignore")
+    scores = pd.DataFrame(
+        {"component": means.index, "score": baseline["exact_match"].mean() - means["exact_match"].to_numpy(),
+         "nll_increase": means["suffix_nll"].to_numpy() - baseline["suffix_nll"].mean()}
+    )  # fmt: skip
+    return rank(scores, method, tiebreak="nll_increase")
+
+
+def rank_by_effect(effects: pd.DataFrame, method: str, *, value: str = "normalized") -> pd.DataFrame:
+    """Rank per-head (or per-block) effects: ``effects`` has ``component`` and ``value``."""
+    return rank(effects.rename(columns={value: "score"})[["component", "score"]], method)
+
+
+# ---------------------------------------------------------------- ground truth
+
+
+def injected_component(model_dir: str | Path) -> str | None:
+    """The ``injected_component`` recorded in ``manifest.json`` of an injected organism, or None."""
+    path = Path(model_dir) / "manifest.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("injected_component")
+
+
+def _coarsen(label: str, to_blocks: bool) -> str:
+    layer, head = sites.parse_component(label)
+    return sites.block_label(layer) if to_blocks or head is None else label
+
+
+def recall_at_k(ranking: pd.DataFrame, truth: str | Sequence[str], k: int) -> float:
+    """Fraction of the true components found among the top ``k`` of ``ranking``.
+
+    When granularities differ, both sides are compared at the coarser one: a head truth
+    against a block ranking counts its block; a block truth against a head ranking is found
+    when any of its heads is in the top k."""
+    truth = [truth] if isinstance(truth, str) else list(truth)
+    ranked = ranking.sort_values("rank")["component"].tolist()
+    to_blocks = any(sites.parse_component(c)[1] is None for c in ranked + truth)
+    top = {_coarsen(c, to_blocks) for c in ranked[:k]}
+    wanted = {_coarsen(c, to_blocks) for c in truth}
+    return len(top & wanted) / len(wanted)
+
+
+def recall_table(ranking: pd.DataFrame, truth: str | Sequence[str], ks: Sequence[int] = (1, 3, 5)) -> pd.DataFrame:
+    """Tidy ``method, truth, k, recall`` plus the rank of the (first) true component."""
+    truth_l = [truth] if isinstance(truth, str) else list(truth)
+    ranked = ranking.sort_values("rank")["component"].tolist()
+    to_blocks = any(sites.parse_component(c)[1] is None for c in ranked + truth_l)
+    coarse = [_coarsen(c, to_blocks) for c in ranked]
+    wanted = {_coarsen(c, to_blocks) for c in truth_l}
+    first = next((i + 1 for i, c in enumerate(coarse) if c in wanted), None)
+    method = ranking["method"].iloc[0] if len(ranking) else ""
+    return pd.DataFrame(
+        [{"method": method, "truth": ",".join(truth_l), "k": k, "recall": recall_at_k(ranking, truth_l, k),
+          "truth_rank": first, "n_components": len(ranked)} for k in ks]
+    )  # fmt: skip
+
+
+def knockout_interventions(components: Sequence[str], how: str = "bypass") -> list[Intervention]:
+    """Interventions removing ``components`` (``block:L`` / ``L{l}H{h}``): attention bypass or
+    zero ablation; heads of one layer are grouped into one intervention."""
+    if how not in ("bypass", "zero"):
+        raise ValueError(f"how must be 'bypass' or 'zero'; got {how!r}")
+    cls = AttentionBypass if how == "bypass" else ZeroAblation
+    blocks, heads = set(), {}
+    for label in components:
+        layer, head = sites.parse_component(label)
+        if head is None:
+            blocks.add(layer)
+        else:
+            heads.setdefault(layer, []).append(head)
+    out: list[Intervention] = [cls(layer) for layer in sorted(blocks)]
+    out += [cls(layer, heads=sorted(hs)) for layer, hs in sorted(heads.items()) if layer not in blocks]
+    return out
+
+
+@torch.no_grad()
+def mean_token_nll(model, rows: np.ndarray, interventions: Sequence[Intervention] = (), *, batch_size: int = 32) -> float:
+    """General-ability score: mean next-token NLL (nats) over every position of ``rows``."""
+    tokens = torch.as_tensor(np.asarray(rows), dtype=torch.long)
+    logits = teacher_forced_logits(model, tokens[:, :-1], interventions, batch_size=batch_size)
+    logp = torch.log_softmax(logits.double(), -1).gather(-1, tokens[:, 1:, None]).squeeze(-1)
+    return float(-logp.mean())
+
+
+GeneralScore = Callable[[object, Sequence[Intervention]], float]
+
+
+def knockout(
+    model,
+    components: Sequence[str],
+    prefix_len: int,
+    *,
+    target_rows: np.ndarray,
+    other_rows: np.ndarray | None = None,
+    general_rows: np.ndarray | None = None,
+    general: GeneralScore | None = None,
+    how: str = "bypass",
+    batch_size: int = 32,
+) -> pd.DataFrame:
+    """Knock out ``components`` together; tidy rows ``set, metric, baseline, knocked, drop``.
+
+    Sets: ``target`` and ``other`` (memorized rows: exact match and token accuracy; ``drop`` =
+    baseline - knocked) and ``general`` (``general(model, interventions)`` if given, else the mean
+    token NLL on ``general_rows``; ``drop`` = knocked - baseline, so positive means worse).
+    """
+    ivs = knockout_interventions(components, how)
+    records = []
+    for name, rows in (("target", target_rows), ("other", other_rows)):
+        if rows is None or len(rows) == 0:
+            continue
+        base, knocked = evaluate(model, rows, prefix_len, batch_size=batch_size), evaluate(model, rows, prefix_len, ivs, batch_size=batch_size)
+        for m in ("exact_match", "token_accuracy"):
+            records.append(dict(set=name, metric=m, baseline=base[m].mean(), knocked=knocked[m].mean()))
+    score = general or (None if general_rows is None else lambda mdl, iv: mean_token_nll(mdl, general_rows, iv, batch_size=batch_size))
+    if score is not None:
+        records.append(dict(set="general", metric="general_score", baseline=score(model, []), knocked=score(model, ivs)))
+    df = pd.DataFrame.from_records(records)
+    sign = np.where(df["set"] == "general", -1.0, 1.0)
+    df["drop"] = sign * (df["baseline"] - df["knocked"])
+    return df.assign(components=",".join(components), how=how, n_components=len(components))
+
+
+def knockout_curve(model, ranking: pd.DataFrame, ks: Sequence[int], prefix_len: int, **kwargs) -> pd.DataFrame:
+    """``knockout`` of the top-k components of ``ranking`` for each k, stacked with a ``k`` column."""
+    ordered = ranking.sort_values("rank")["component"].tolist()
+    frames = [knockout(model, ordered[:k], prefix_len, **kwargs).assign(k=k) for k in ks]
+    return pd.concat(frames, ignore_index=True).assign(method=ranking["method"].iloc[0])
+

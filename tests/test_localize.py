@@ -1,0 +1,246 @@
+"""Per-head bypass sweep, rankings, Recall@k and knockout, scored on tiny models with planted
+ground truth; `interp localize` end to end; the shipped injected organisms when present."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import interp.cli as cli
+from interp import localize as Lz
+from interp.generation import greedy_generate
+from interp.interventions import AttentionBypass
+from interp.memorization import evaluate
+from interp.models import load_model
+from interp.organism import DATA_DIR
+from interp.tiny import random_model, tiny_tokenizer
+from reference import HFBypass, hf_greedy
+
+torch.set_num_threads(1)
+
+PREFIX, SUFFIX = 6, 8
+PLANTED = "L1H2"  # the head made decisive in the planted models
+TINY = {
+    "neox": dict(n_layers=3, d_model=32, n_heads=4, n_ctx=96),
+    "neo": dict(n_layers=4, d_model=32, n_heads=4, n_ctx=96, window=5),
+}
+
+
+def own_continuations(model, n: int, seed: int) -> np.ndarray:
+    """Rows whose suffix is the model's own greedy continuation: memorized by construction."""
+    rows = torch.randint(1, 500, (n, PREFIX + SUFFIX), generator=torch.Generator().manual_seed(seed))
+    rows[:, PREFIX:] = greedy_generate(model, rows[:, :PREFIX], SUFFIX)
+    return rows.numpy()
+
+
+@pytest.fixture(scope="module")
+def mixed_rows(bridge):
+    """Four memorized rows and three random ones."""
+    rows = own_continuations(bridge, 7, seed=5)
+    rows[4:, PREFIX:] = np.random.default_rng(0).integers(1, 500, (3, SUFFIX))
+    return rows
+
+
+def test_head_sweep_equals_evaluate_for_every_head(bridge, mixed_rows):
+    fast = Lz.head_bypass_sweep(bridge, mixed_rows, PREFIX, batch_size=8)
+    L, H = bridge.cfg.n_layers, bridge.cfg.n_heads
+    assert list(fast.columns[:4]) == ["config", "layer", "head", "sequence"]
+    assert fast.config.unique().tolist() == [f"L{l}H{h}" for l in range(L) for h in range(H)]
+    ref = pd.concat(
+        [evaluate(bridge, mixed_rows, PREFIX, [AttentionBypass(l, heads=[h])]) for l in range(L) for h in range(H)],
+        ignore_index=True,
+    )
+    for col in ref.columns:
+        np.testing.assert_allclose(fast[col].to_numpy(float), ref[col].to_numpy(float), rtol=1e-5, atol=1e-5, err_msg=col)
+    assert fast.exact_match.min() == 0 and fast.exact_match.max() == 1  # both branches are exercised
+
+
+def test_head_sweep_matches_hf_reference(bridge, hf, mixed_rows):
+    fast = Lz.head_bypass_sweep(bridge, mixed_rows, PREFIX, layers=[1])
+    rows = torch.as_tensor(mixed_rows)
+    for h in (0, 3):
+        with HFBypass(hf, [1], heads=[h]):
+            gen = hf_greedy(hf, rows[:, :PREFIX], SUFFIX)
+        same = (gen == rows[:, PREFIX:]).float()
+        ours = fast[fast.config == f"L1H{h}"]
+        np.testing.assert_array_equal(ours.exact_match.to_numpy(), same.prod(1).numpy())
+        np.testing.assert_allclose(ours.token_accuracy.to_numpy(), same.mean(1).numpy(), rtol=1e-6)
+
+
+# ---------------------------------------------------------------- rankings and Recall@k
+
+
+def ranking(components, method="m"):
+    return Lz.rank(pd.DataFrame({"component": components, "score": np.arange(len(components), 0, -1.0)}), method)
+
+
+def test_rank_orders_by_score_then_tiebreak():
+    scores = pd.DataFrame({"component": ["L0H0", "L0H1", "L1H0"], "score": [0.5, 1.0, 0.5], "nll": [1.0, 0.0, 2.0]})
+    r = Lz.rank(scores, "x", tiebreak="nll")
+    assert list(r.columns) == Lz.RANKING_COLUMNS
+    assert r.component.tolist() == ["L0H1", "L1H0", "L0H0"] and r["rank"].tolist() == [1, 2, 3]
+
+
+def test_recall_at_k_arithmetic():
+    heads = ranking(["L2H1", "L0H3", "L1H2", "L1H0"])
+    assert Lz.recall_at_k(heads, "L1H2", 1) == 0 and Lz.recall_at_k(heads, "L1H2", 3) == 1
+    assert Lz.recall_at_k(heads, ["L1H2", "L1H0"], 3) == 0.5
+    assert Lz.recall_at_k(heads, "block:0", 2) == 1  # a block truth is found by any of its heads
+    blocks = ranking(["block:2", "block:1", "block:0"])
+    assert Lz.recall_at_k(blocks, "L1H2", 1) == 0 and Lz.recall_at_k(blocks, "L1H2", 2) == 1  # head -> its block
+    table = Lz.recall_table(heads, "L1H2", ks=(1, 3))
+    assert table.recall.tolist() == [0, 1] and (table.truth_rank == 3).all() and (table.n_components == 4).all()
+
+
+def test_knockout_interventions_group_heads_by_layer():
+    ivs = Lz.knockout_interventions(["L1H2", "block:0", "L1H0", "L0H1"])
+    assert [iv.label for iv in ivs] == ["block:0", "L1H0,L1H2"]  # L0H1 is inside the bypassed block 0
+    assert [iv.label for iv in Lz.knockout_interventions(["L1H2"], "zero")] == ["zero:L1H2"]
+    with pytest.raises(ValueError):
+        Lz.knockout_interventions(["L1H2"], "mean")
+
+
+# ---------------------------------------------------------------- planted ground truth
+
+
+def make_planted(folder, arch: str, scale: float = 4.0):
+    """A tiny random model whose head L1H2 writes ``scale`` times more through W_O than its
+    siblings, so it dominates the model's own continuations."""
+    hf = random_model(arch, seed=1, vocab_size=len(tiny_tokenizer()), **TINY[arch])
+    dh = hf.config.hidden_size // 4
+    with torch.no_grad():
+        proj = hf.gpt_neox.layers[1].attention.dense if arch == "neox" else hf.transformer.h[1].attn.attention.out_proj
+        proj.weight[:, 2 * dh : 3 * dh] *= scale
+    hf.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory, arch):
+    folder = make_planted(tmp_path_factory.mktemp(f"planted-{arch}"), arch)
+    model = load_model(folder)
+    rows = own_continuations(model, 8, seed=0)
+    path = folder / "rows.npy"
+    np.save(path, rows)
+    return folder, model, rows, path
+
+
+@pytest.fixture
+def run_cli(monkeypatch):
+    if "localize" not in cli.SUBCOMMANDS:
+        monkeypatch.setattr(cli, "SUBCOMMANDS", [*cli.SUBCOMMANDS, "localize"])
+    return cli.main
+
+
+@pytest.mark.parametrize("method", ["block-bypass", "head-bypass", "patching", "attribution"])
+def test_cli_ranks_the_planted_component_first(planted, run_cli, tmp_path, method):
+    folder, model, _, data = planted
+    out = tmp_path / "out"
+    argv = ["localize", "--model", str(folder), "--data", str(data), "--prefix-len", str(PREFIX),
+            "--method", method, "--out", str(out), "--truth", PLANTED, "--no-progress"]  # fmt: skip
+    assert run_cli(argv) == 0
+    r = pd.read_csv(out / "ranking.csv")
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    assert list(r.columns) == ["method", "component", "score", "rank"] and (r.method == method).all()
+    assert r["rank"].tolist() == list(range(1, len(r) + 1)) and r.score.is_monotonic_decreasing
+    assert len(r) == (L if method == "block-bypass" else L * H)
+    recall = pd.read_csv(out / "recall.csv")
+    expected_top = "block:1" if method == "block-bypass" else PLANTED
+    if method == "attribution":  # first-order: reported, not required to be exact
+        assert recall.set_index("k").loc[3, "recall"] == 1
+    else:
+        assert r.component[0] == expected_top and recall.set_index("k").loc[1, "recall"] == 1
+    config = json.loads((out / "config.json").read_text())
+    assert config["method"] == method and config["truth"] == PLANTED
+
+
+def test_dla_and_denoising_attribution_find_the_planted_head(planted):
+    from interp import attribution as A
+    from interp import patching as P
+
+    _, model, rows, _ = planted
+    runs = P.prepare_runs(model, rows, PREFIX)
+    atp = A.attribution_patching(model, runs, directions=["denoising"])
+    dla = A.direct_logit_attribution(model, rows, PREFIX)
+    assert Lz.recall_at_k(Lz.rank_by_effect(atp, "atp"), PLANTED, 1) == 1
+    assert Lz.recall_at_k(Lz.rank_by_effect(dla, "dla", value="dla"), PLANTED, 1) == 1
+
+
+def test_knockout_of_the_planted_head_breaks_its_rows(planted):
+    _, model, rows, _ = planted
+    general_rows = np.random.default_rng(1).integers(1, 500, (4, PREFIX + SUFFIX))
+    calls = []
+    df = Lz.knockout(model, [PLANTED], PREFIX, target_rows=rows[:4], other_rows=rows[4:], general_rows=general_rows)
+    assert set(df.set) == {"target", "other", "general"}
+    assert {"baseline", "knocked", "drop", "components", "how"} <= set(df.columns)
+    target = df[(df.set == "target") & (df.metric == "exact_match")].iloc[0]
+    assert target.baseline == 1 and target["drop"] > 0
+    gen = df[df.set == "general"].iloc[0]
+    assert gen["drop"] == pytest.approx(gen.knocked - gen.baseline)
+    Lz.knockout(model, [PLANTED], PREFIX, target_rows=rows[:2], general=lambda m, ivs: calls.append(ivs) or 0.0, how="zero")
+    assert len(calls) == 2 and calls[0] == [] and calls[1][0].label == "zero:L1H2"
+    curve = Lz.knockout_curve(model, ranking([PLANTED, "L0H0"]), [1, 2], PREFIX, target_rows=rows[:2])
+    assert sorted(curve.k.unique()) == [1, 2]
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--n-corrupt", "99"], "--n-corrupt"),
+        (["--truth", "head7"], "--truth"),
+        (["--truth", "L9H0"], "not in this model"),
+        (["--prefix-len", "0"], "prefix length"),
+    ],
+)
+def test_bad_input_exits_2_and_writes_nothing(planted, run_cli, tmp_path, capsys, extra, message):
+    folder, _, _, data = planted
+    out = tmp_path / "out"
+    argv = ["localize", "--model", str(folder), "--data", str(data), "--prefix-len", str(PREFIX),
+            "--method", "patching", "--out", str(out), "--no-progress", *extra]  # fmt: skip
+    assert run_cli(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_missing_data_file_exits_2(run_cli, tiny_dir, tmp_path):
+    out = tmp_path / "out"
+    assert run_cli(["localize", "--model", str(tiny_dir), "--data", str(tmp_path / "nope.npy"), "--prefix-len", "4",
+                    "--method", "block-bypass", "--out", str(out)]) == 2  # fmt: skip
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- shipped injected organisms
+
+
+def injected_rows(folder):
+    """The injected canaries of an organism folder as token rows, and their prefix length."""
+    from transformers import AutoTokenizer
+
+    from interp.organism import canaries as C
+
+    canary_list, prefix_len, row_len = C.load_canaries(folder / "canaries.json")
+    chosen = C.select(canary_list, C.INJECTED)
+    return C.canary_rows(AutoTokenizer.from_pretrained(folder), chosen, prefix_len, row_len), prefix_len
+
+
+@pytest.mark.parametrize("org", ["neox", "neo"])
+def test_block_bypass_ranks_the_injected_block_first(org):
+    from interp.memorization import sweep
+
+    folder = DATA_DIR / f"{org}-injected"
+    if not (folder / "manifest.json").is_file() or not (folder / "canaries.json").is_file():
+        pytest.skip(f"the injected {org} organism is not shipped in this checkout ({folder})")
+    truth = Lz.injected_component(folder)
+    if truth is None:
+        pytest.skip(f"{folder}/manifest.json records no injected_component")
+    rows, prefix_len = injected_rows(folder)
+    model = load_model(folder)
+    df = sweep(model, rows, prefix_len, progress=False)
+    r = Lz.rank_by_bypass(df[df.config != "baseline"], df[df.config == "baseline"], "block-bypass")
+    assert Lz.recall_at_k(r, truth, 1) == 1
