@@ -12,6 +12,10 @@ Reads only the files ``interp localize`` writes into each result folder (``confi
 - ``attribution``: layer x head heatmaps of exact per-head patching, attribution patching (both
   directions) and direct logit attribution, and attribution vs. exact scatters with Pearson r.
 
+When a folder holds ``knockout.csv`` (``--knockout``), ``<tag>-knockout.png/.pdf`` shows, per K,
+the drop in exact match on the target rows and on other memorized rows, and the rise in the
+general score (mean token NLL); a localization is specific when the first bar dominates.
+
 The true component (when known) is outlined in every head heatmap. Across folders it writes
 ``recall.csv`` and a table figure ``recall.png/.pdf``.
 
@@ -123,6 +127,30 @@ def draw_attribution(folder: Path, cfg: dict) -> plt.Figure:
     return fig
 
 
+def draw_knockout(folder: Path, cfg: dict) -> plt.Figure:
+    ko = pd.read_csv(folder / "knockout.csv")
+    ko = ko[ko.metric.isin(["exact_match", "general_score"])]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ks, sets = sorted(ko.k.unique()), ["target", "other", "general"]
+    width = 0.8 / len(sets)
+    for i, name in enumerate(sets):
+        d = ko[ko.set == name].set_index("k")["drop"].reindex(ks)
+        label = "general: NLL rise (nats)" if name == "general" else f"{name}: exact-match drop"
+        ax.bar(np.arange(len(ks)) + (i - 1) * width, d.to_numpy(float), width=width, label=label)
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set(xticks=range(len(ks)), xlabel=f"top-K knocked out ({ko.how.iloc[0]})", ylabel="drop")
+    ax.set_xticklabels(ks)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    fig.tight_layout()
+    for ext in ("png", "pdf"):
+        fig.savefig(path.parent / f"{path.name}.{ext}", dpi=150, bbox_inches="tight")
+    plt.close(fig)
+
+
 def _scatter(ax, x: pd.Series, y: pd.Series, title: str) -> None:
     ax.scatter(x, y, s=10)
     r = x.corr(y)
@@ -164,20 +192,19 @@ def main(argv: list[str] | None = None) -> int:
     for folder in args.folders:
         cfg = json.loads((folder / "config.json").read_text())
         fig = DRAW[cfg["method"]](folder, cfg)
-        fig.suptitle(f"{tag(folder)}: {cfg.get('model_name', '')} (truth: {cfg.get('truth')})", fontsize=9, y=1.0)
-        fig.tight_layout()
-        for ext in ("png", "pdf"):
-            fig.savefig(args.out / f"{tag(folder)}.{ext}", dpi=150, bbox_inches="tight")
-        plt.close(fig)
+        title = f"{tag(folder)}: {cfg.get('model_name', '')} (truth: {cfg.get('truth')})"
+        fig.suptitle(title, fontsize=9, y=1.0)
+        _save(fig, args.out / tag(folder))
+        if (folder / "knockout.csv").is_file():
+            fig = draw_knockout(folder, cfg)
+            fig.suptitle(title, fontsize=9, y=1.0)
+            _save(fig, args.out / f"{tag(folder)}-knockout")
         if (r := recall_rows(folder, cfg)) is not None:
             recalls.append(r)
     if recalls:
         recall = pd.concat(recalls, ignore_index=True)
         recall.to_csv(args.out / "recall.csv", index=False)
-        fig = draw_recall_table(recall)
-        for ext in ("png", "pdf"):
-            fig.savefig(args.out / f"recall.{ext}", dpi=150, bbox_inches="tight")
-        plt.close(fig)
+        _save(draw_recall_table(recall), args.out / "recall")
     return 0
 
 

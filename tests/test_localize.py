@@ -157,6 +157,20 @@ def test_cli_ranks_the_planted_component_first(planted, run_cli, tmp_path, metho
     assert config["method"] == method and config["truth"] == PLANTED
 
 
+def test_cli_knockout_of_the_top_head(planted, run_cli, tmp_path):
+    folder, _, rows, data = planted
+    np.save(tmp_path / "other.npy", rows[4:])
+    np.save(tmp_path / "general.npy", np.random.default_rng(2).integers(1, 500, (3, PREFIX + SUFFIX)))
+    out = tmp_path / "out"
+    assert run_cli(["localize", "--model", str(folder), "--data", str(data), "--prefix-len", str(PREFIX),
+                    "--method", "head-bypass", "--out", str(out), "--knockout", "1,2", "--no-progress",
+                    "--other-data", str(tmp_path / "other.npy"), "--general-data", str(tmp_path / "general.npy")]) == 0  # fmt: skip
+    ko = pd.read_csv(out / "knockout.csv")
+    assert set(ko.set) == {"target", "other", "general"} and sorted(ko.k.unique()) == [1, 2]
+    assert ko[(ko.k == 1)].components.iloc[0] == PLANTED
+    assert ko[(ko.k == 1) & (ko.set == "target") & (ko.metric == "exact_match")]["drop"].item() > 0
+
+
 def test_dla_and_denoising_attribution_find_the_planted_head(planted):
     from interp import attribution as A
     from interp import patching as P
@@ -196,6 +210,8 @@ def test_knockout_of_the_planted_head_breaks_its_rows(planted):
         (["--truth", "head7"], "--truth"),
         (["--truth", "L9H0"], "not in this model"),
         (["--prefix-len", "0"], "prefix length"),
+        (["--knockout", "99"], "--knockout"),
+        (["--knockout", "1", "--other-data", "/nonexistent/o.npy"], "does not exist"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(planted, run_cli, tmp_path, capsys, extra, message):

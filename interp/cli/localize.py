@@ -10,7 +10,10 @@ Writes ``ranking.csv`` (``method,component,score,rank``; rank 1 = most responsib
 results of the method (``sequences.parquet``, ``heads.parquet``, ``patching.parquet`` or
 ``attribution.parquet`` + ``correlation.csv``), ``config.json``, and, when the true component is
 known (``--truth``, or ``injected_component`` in the model folder's ``manifest.json``),
-``recall.csv`` with Recall@k. Nothing is written when an input is unusable.
+``recall.csv`` with Recall@k. With ``--knockout K[,K...]`` it also knocks out the top-K
+components together and writes ``knockout.csv``: the drop in exact match / token accuracy on the
+rows of ``--data`` (``target``) and of ``--other-data`` (``other``), and the rise of the mean
+token NLL on ``--general-data`` (``general``). Nothing is written when an input is unusable.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from interp import attribution, localize, patching, results, sites
-from interp.cli.common import add_model_arg
+from interp.cli.common import add_model_arg, parse_int_list
 from interp.data import load_rows, validate_for_model
 from interp.errors import InputError
 from interp.memorization import evaluate, sweep
@@ -43,6 +46,10 @@ def register(sub) -> None:
     p.add_argument("--direction", choices=patching.DIRECTIONS, default="noising",
                    help="patching/attribution direction used for the ranking (default: noising)")  # fmt: skip
     p.add_argument("--truth", help="true component ('block:L' or 'L{l}H{h}') for Recall@k (default: from manifest.json)")
+    p.add_argument("--knockout", help="comma-separated K: knock out the top-K components together (e.g. 1,3)")
+    p.add_argument("--knockout-how", choices=("bypass", "zero"), default="bypass", help="attention bypass or zero ablation")
+    p.add_argument("--other-data", help="other memorized rows (.npy) for the knockout's specificity check")
+    p.add_argument("--general-data", help="held-out rows (.npy) whose mean token NLL is the knockout's general score")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
@@ -69,14 +76,24 @@ def _truth(args: argparse.Namespace) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
+    ks = parse_int_list(args.knockout, "--knockout")
     rows = load_rows(args.data) if str(args.data).endswith(".npy") else None  # fail before loading a model
+    extra = {k: load_rows(getattr(args, k)) for k in ("other_data", "general_data") if getattr(args, k)}
     model = load_model(args.model, device=args.device)
     rows = rows if rows is not None else load_rows(args.data, tokenizer=model.tokenizer)
     validate_for_model(rows, args.prefix_len, model)
+    for other in extra.values():
+        validate_for_model(other, args.prefix_len, model)
+    _check_knockout(ks, args.method, model)
     truth = _truth(args)
     if truth is not None:
         _check_truth_fits(truth, model)
     ranking, tables = compute(model, rows, args)
+    if ks:
+        tables["knockout.csv"] = localize.knockout_curve(
+            model, ranking, ks, args.prefix_len, target_rows=rows, other_rows=extra.get("other_data"),
+            general_rows=extra.get("general_data"), how=args.knockout_how, batch_size=args.batch_size,
+        )  # fmt: skip
     out = Path(args.out)
     for name, df in tables.items():
         (results.write_csv if name.endswith(".csv") else results.write_parquet)(df, out / name)
@@ -85,6 +102,15 @@ def run(args: argparse.Namespace) -> int:
     results.write_csv(ranking, out / "ranking.csv")
     results.write_json(_config(args, model, rows, truth), out / "config.json")
     return 0
+
+
+def _check_knockout(ks: list[int] | None, method: str, model) -> None:
+    if not ks:
+        return
+    n = int(model.cfg.n_layers) * (1 if method == "block-bypass" else int(model.cfg.n_heads))
+    bad = [k for k in ks if not 1 <= k <= n]
+    if bad:
+        raise InputError(f"--knockout values must be within 1..{n} (the number of ranked components); got {bad}")
 
 
 def _check_truth_fits(truth: str, model) -> None:
@@ -134,4 +160,8 @@ def _config(args: argparse.Namespace, model, rows, truth: str | None) -> dict:
         "seed": args.seed,
         "direction": args.direction,
         "truth": truth,
+        "knockout": args.knockout,
+        "knockout_how": args.knockout_how,
+        "other_data": args.other_data,
+        "general_data": args.general_data,
     }
