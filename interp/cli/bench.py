@@ -5,8 +5,8 @@ then ``kind,n_items,chance`` and standard errors), ``joined.csv`` (one row per c
 per task, relative drop from baseline, language/reasoning averages, and with
 ``--with-memorization`` the memorization means of ``interp sweep`` first) and ``config.json``.
 With ``--with-memorization`` also ``sequences.parquet`` and ``memorization.csv``; with
-``--perplexity`` also ``perplexity.csv`` (token-level, rolling windows over the context length). Scoring
-follows lm-evaluation-harness (see ``interp.benchmarks``).
+``--perplexity`` also ``perplexity.csv`` (token-level, rolling windows over the context
+length). Scoring follows lm-evaluation-harness (see ``interp.benchmarks``).
 """
 
 from __future__ import annotations
@@ -54,26 +54,27 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     tasks = resolve_tasks(args.tasks)
     blocks = parse_int_list(args.blocks, "--blocks")
+    texts = _load_texts(args.perplexity)
     model = load_model(args.model, device=args.device)
     configs = block_configs(model, blocks)
     rows = _load_memorized(args, model)
-    texts = _load_texts(args.perplexity)
-    progress = not args.no_progress
-    acc = evaluate(model, tasks, configs, batch_size=args.batch_size, progress=progress)
-    ppl = None if texts is None else perplexity_table(model, texts, configs, batch_size=args.batch_size, progress=progress)
-    out = Path(args.out)
-    summary = None
+    kw = {"batch_size": args.batch_size, "progress": not args.no_progress}
+    tables = {"accuracy.csv": evaluate(model, tasks, configs, **kw)}
+    if texts is not None:
+        tables["perplexity.csv"] = perplexity_table(model, texts, configs, **kw)
     if rows is not None:
-        seqs = sweep(model, rows, args.prefix_len, configs=configs, batch_size=args.batch_size, progress=progress)
-        summary = summarize(seqs)
-        results.write_parquet(seqs, out / "sequences.parquet")
-        results.write_csv(summary, out / "memorization.csv")
-    if ppl is not None:
-        results.write_csv(ppl, out / "perplexity.csv")
-    results.write_csv(acc, out / "accuracy.csv")
-    results.write_csv(joined_table(acc, summary, ppl), out / "joined.csv")
-    results.write_json(_config(args, model, tasks, configs), out / "config.json")
+        tables["sequences.parquet"] = sweep(model, rows, args.prefix_len, configs=configs, **kw)
+        tables["memorization.csv"] = summarize(tables["sequences.parquet"])
+    tables["joined.csv"] = joined_table(tables["accuracy.csv"], tables.get("memorization.csv"), tables.get("perplexity.csv"))
+    _write(Path(args.out), tables, _config(args, model, tasks, configs))
     return 0
+
+
+def _write(out: Path, tables: dict, config: dict) -> None:
+    """Every table (CSV or parquet by suffix) and ``config.json``, each written atomically."""
+    for name, df in tables.items():
+        (results.write_parquet if name.endswith(".parquet") else results.write_csv)(df, out / name)
+    results.write_json(config, out / "config.json")
 
 
 def _load_memorized(args: argparse.Namespace, model):
