@@ -115,7 +115,8 @@ def load(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     config = folder / "config.json"
     if config.is_file():
         cfg = json.loads(config.read_text())
-        title = f"{cfg.get('model_name') or cfg.get('model')}: {cfg.get('n_rows')} rows x {cfg.get('row_len')} tokens"
+        model = Path(str(cfg.get("model_name") or cfg.get("model"))).name
+        title = f"{folder.name} (model {model}): {cfg.get('n_rows')} rows x {cfg.get('row_len')} tokens"
     return bounds, propagation, f"Attention bypass bounds (our formulation) — {title}"
 
 
