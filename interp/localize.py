@@ -7,9 +7,10 @@
   times, where copy h bypasses head h. (2) Greedy decoding from the prefix reproduces the suffix
   exactly iff every teacher-forced argmax on the true row is right; otherwise the free-running
   and teacher-forced runs agree up to the first mismatch j, so generation is needed only after
-  it, and only for those rows (``interp.memorization.greedy_from_teacher_forcing``, which also
-  decodes near-tie rows in full). The result equals ``interp.memorization.evaluate`` per head
-  (tested).
+  it, and only for those rows (the rule of ``interp.memorization.greedy_from_teacher_forcing``,
+  which also decodes near-tie rows in full); the rows of all heads of a layer that resume at the
+  same position are decoded in one batch, each row with its own head bypassed. The result
+  equals ``interp.memorization.evaluate`` per head (tested).
 - Rankings: a tidy table ``method, component, score, rank`` (rank 1 = most responsible).
 - Ground truth, after Chang, Thomason and Jia, "Do Localization Methods Actually Localize
   Memorized Data in LLMs? A Tale of Two Benchmarks" (NAACL 2024): Recall@k of the injected
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +36,9 @@ from tqdm.auto import tqdm
 
 from interp import metrics, sites
 from interp.data import validate_for_model
-from interp.generation import batches, teacher_forced_logits
+from interp.generation import batches, greedy_generate, teacher_forced_logits
 from interp.interventions import AttentionBypass, Hook, Intervention, ZeroAblation
-from interp.memorization import evaluate, greedy_from_teacher_forcing
+from interp.memorization import TIE_MARGIN, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,75 @@ def _tf_stats(suffix_logits: Float[Tensor, "batch T vocab"], suffix: Int[Tensor,
     }
 
 
+@dataclass(frozen=True)
+class RowHeadBypass:
+    """Attention bypass (``z := v``) of one head per batch row: row b bypasses head ``heads[b]``
+    of ``layer``. Decodes many single-head configurations in one batch; the batch must have
+    exactly ``len(heads)`` rows (pass ``batch_size=len(heads)`` to ``greedy_generate``)."""
+
+    layer: int
+    heads: tuple[int, ...]
+
+    @property
+    def label(self) -> str:
+        return f"rowwise-bypass:L{self.layer}"
+
+    def hooks(self, model) -> list[Hook]:
+        store: dict[str, Tensor] = {}
+        rows, heads = torch.arange(len(self.heads)), torch.tensor(self.heads)
+
+        def keep_v(v: Float[Tensor, "batch kpos head d_head"], hook) -> None:
+            store["v"] = v
+
+        def z_to_v(z: Float[Tensor, "batch qpos head d_head"], hook) -> Tensor:
+            v = store.pop("v")[:, -z.shape[1] :].to(z.dtype)
+            z = z.clone()
+            z[rows, :, heads] = v[rows, :, heads]
+            return z
+
+        return [(sites.v(self.layer), keep_v), (sites.z(self.layer), z_to_v)]
+
+
+def decode_plan(suffix: Int[Tensor, "batch T"], tf: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """What teacher forcing already tells about greedy decoding (the rule of
+    ``interp.memorization.greedy_from_teacher_forcing``): the continuation known so far, the
+    position each row must be decoded from, and which rows need decoding. A row follows the
+    suffix up to its first wrong argmax k (whose token is that argmax) and is decoded from k+1;
+    a row with a near-tie (``TIE_MARGIN``) up to k is decoded from 0."""
+    T = suffix.shape[1]
+    wrong = tf["argmax"] != suffix
+    first = torch.where(wrong.any(1), wrong.float().argmax(1), torch.full((len(suffix),), T))
+    ambiguous = ((tf["margin"] < TIE_MARGIN) & (torch.arange(T)[None, :] <= first[:, None])).any(1)
+    gen, rows, diverged = suffix.clone(), torch.arange(len(suffix)), first < T
+    gen[rows[diverged], first[diverged]] = tf["argmax"][rows[diverged], first[diverged]]
+    start = torch.where(ambiguous, torch.zeros_like(first), first + 1)
+    return gen, start, ambiguous | (first < T - 1)
+
+
+def every_head_greedy(
+    model, tokens: Int[Tensor, "batch row"], prefix_len: int, layer: int, stats: list[dict[str, Tensor]], *, batch_size: int = 32
+) -> list[Int[Tensor, "batch T"]]:
+    """Greedy continuations with each head of ``layer`` bypassed in turn, decoding only what
+    teacher forcing leaves open, with rows of all heads that resume at the same position
+    decoded together (``RowHeadBypass``)."""
+    suffix = tokens[:, prefix_len:]
+    T = suffix.shape[1]
+    plans = [decode_plan(suffix, tf) for tf in stats]
+    gens = torch.stack([g for g, _, _ in plans])  # [head batch T]
+    todo = [(h, i, int(start[i])) for h, (_, start, need) in enumerate(plans) for i in need.nonzero().squeeze(1).tolist()]
+    for k in sorted({s for _, _, s in todo}):
+        for chunk in _chunks([(h, i) for h, i, s in todo if s == k], batch_size):
+            hs, rs = torch.tensor([h for h, _ in chunk]), torch.tensor([i for _, i in chunk])
+            context = torch.cat([tokens[rs, :prefix_len], gens[hs, rs, :k]], dim=1)
+            iv = RowHeadBypass(layer, tuple(hs.tolist()))
+            gens[hs, rs, k:] = greedy_generate(model, context, T - k, [iv], batch_size=len(chunk))
+    return list(gens)
+
+
+def _chunks(xs: list, size: int) -> list[list]:
+    return [xs[i : i + size] for i in range(0, len(xs), size)]
+
+
 def metrics_frame(gen: Tensor, tf: dict[str, Tensor], suffix: Tensor, n_samples: int = 100) -> pd.DataFrame:
     """The columns of ``interp.memorization.evaluate`` from a continuation and teacher-forced stats."""
     nll = tf["suffix_nll"]
@@ -137,9 +208,8 @@ def head_bypass_sweep(
     for layer in tqdm(list(layers), desc="head bypass", disable=not progress, leave=False):
         AttentionBypass(layer).hooks(model)  # validates the layer
         stats = every_head_tf_stats(model, tokens, prefix_len, layer, batch_size=batch_size)
-        for h, tf in enumerate(stats):
-            ivs = [AttentionBypass(layer, heads=[h])]
-            gen = greedy_from_teacher_forcing(model, tokens, prefix_len, tf, ivs, batch_size=batch_size)
+        gens = every_head_greedy(model, tokens, prefix_len, layer, stats, batch_size=batch_size)
+        for h, (tf, gen) in enumerate(zip(stats, gens)):
             df = metrics_frame(gen, tf, tokens[:, prefix_len:], n_samples)
             frames.append(df.assign(config=sites.head_label(layer, h), layer=layer, head=h))
     out = pd.concat(frames, ignore_index=True)

@@ -29,7 +29,9 @@ Sites: the residual stream before each block (``resid_pre``), the attention and 
 (``head``). The engine replicates the base batch once per patched cell so many cells share one
 forward pass; ``transformer_lens.patching.get_act_patch_*`` runs on the bridge for both
 families and is used in the tests as an independent cross-check (it runs one forward per cell
-and cannot hide its progress bar).
+and cannot hide its progress bar). Attention-pattern patching is not offered: on GPT-Neo the
+bridge discards edits at ``hook_pattern``, so ``get_act_patch_attn_head_pattern_*`` returns
+exactly the unpatched corrupted metric there (with only a warning).
 """
 
 from __future__ import annotations

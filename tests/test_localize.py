@@ -57,6 +57,16 @@ def test_head_sweep_equals_evaluate_for_every_head(bridge, mixed_rows):
     assert fast.exact_match.min() == 0 and fast.exact_match.max() == 1  # both branches are exercised
 
 
+def test_row_head_bypass_bypasses_each_rows_own_head(bridge, rows):
+    from interp.generation import teacher_forced_logits
+
+    heads = (0, 3, 1, 1, 2)
+    ours = teacher_forced_logits(bridge, rows, [Lz.RowHeadBypass(1, heads)], batch_size=len(heads))
+    for b, h in enumerate(heads):
+        ref = teacher_forced_logits(bridge, rows[b : b + 1], [AttentionBypass(1, heads=[h])])
+        torch.testing.assert_close(ours[b : b + 1], ref, atol=2e-5, rtol=0)
+
+
 def test_head_sweep_matches_hf_reference(bridge, hf, mixed_rows):
     fast = Lz.head_bypass_sweep(bridge, mixed_rows, PREFIX, layers=[1])
     rows = torch.as_tensor(mixed_rows)
