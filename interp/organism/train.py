@@ -52,7 +52,7 @@ class TrainConfig:
     vocab_size: int = 4096
     window: int = 64  # GPT-Neo local attention window
     batch_size: int = 16
-    steps: int = 500
+    steps: int = 1000
     lr: float = 2e-3
     warmup: int = 30
     min_lr_frac: float = 0.1
@@ -61,7 +61,7 @@ class TrainConfig:
     per_level: int = 32
     n_heldout_canaries: int = 64
     tokenizer_chars: int = 3_000_000
-    eval_every: int = 125
+    eval_every: int = 200
     eval_blocks: int = 64  # held-out corpus blocks for the running held-out loss
     threads: int = 0  # torch threads; 0 keeps torch's default
 
