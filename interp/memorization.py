@@ -96,11 +96,13 @@ def teacher_forced_stats(
     """One teacher-forced pass over ``tokens``, reduced per batch so no [rows, T, vocab] tensor is
     kept: ``completion_entropy`` and ``suffix_nll`` [rows], ``argmax`` and ``margin`` (top-1 minus
     top-2 logit) [rows, T] at the T positions that score the suffix."""
+    T = tokens.shape[1] - prefix_len
     parts: dict[str, list[Tensor]] = {"completion_entropy": [], "suffix_nll": [], "argmax": [], "margin": []}
     device = model.cfg.device
     with apply(model, *interventions):
         for sl in tqdm(list(batches(len(tokens), batch_size)), desc="forward", disable=not progress, leave=False):
-            logits = model(tokens[sl, :-1].to(device), return_type="logits")[:, prefix_len - 1 :].float()
+            # logits_to_keep: only the T positions that score the suffix are unembedded
+            logits = model(tokens[sl, :-1].to(device), return_type="logits", logits_to_keep=T).float()
             top2 = logits.topk(2, dim=-1)
             parts["completion_entropy"].append(metrics.completion_entropy(logits).cpu())
             parts["suffix_nll"].append(metrics.suffix_nll(logits, tokens[sl, prefix_len:].to(device)).cpu())

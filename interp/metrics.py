@@ -58,9 +58,11 @@ def match_length(generated: Int[Tensor, "batch T"], suffix: Int[Tensor, "batch T
 
 def completion_entropy(suffix_logits: Float[Tensor, "batch T vocab"]) -> Float[Tensor, " batch"]:
     """Sum over the T suffix positions of the next-token entropy in nats (teacher-forced)."""
-    logp = torch.log_softmax(suffix_logits.double(), dim=-1)
-    ent = -(logp.exp() * logp).nan_to_num(0.0).sum(dim=-1)  # 0 * log 0 := 0
-    return ent.sum(dim=1).float()
+    x = suffix_logits.float()
+    lse = torch.logsumexp(x, dim=-1)
+    p = torch.softmax(x, dim=-1)
+    ent = lse - (p * x.nan_to_num(0.0, neginf=0.0)).sum(dim=-1)  # H = logsumexp(x) - E_p[x]
+    return ent.sum(dim=1)
 
 
 def teacher_forced_accuracy(

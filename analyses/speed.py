@@ -1,0 +1,181 @@
+"""Speed benchmark: our block-bypass sweep against the reference approach, in one run.
+
+Model: a Pythia-70m-shaped GPT-NeoX (6 blocks, d_model 512, 8 heads, d_mlp 2048, vocabulary
+50304) with random weights. Data: ``--n-seq`` rows of 64 tokens (prefix 32) that the model
+reproduces (random prefixes plus the model's own greedy continuation: a memorized set by
+definition). Configs: baseline plus each block bypassed; metrics EM, TA and CE per sequence.
+
+Reference approach (the public code's method, its defects fixed): for each config, one after
+another, Hugging Face ``generate`` (greedy, eager attention, KV cache, no EOS stop) over
+batches, plus one teacher-forced forward pass for the entropy; the bypass is a forward hook on
+each HF attention module that returns the per-token value/output projection.
+
+Ours: ``interp.memorization.sweep`` through the TransformerLens bridge (teacher-forcing
+shortcut, suffix-only unembedding).
+
+Each approach runs in its own subprocess so its peak resident memory (ru_maxrss) is its own.
+The script prints the wall-time ratio and both peaks, and exits non-zero unless both give
+identical per-sequence EM and TA and CE within 1e-4 relative.
+
+    python analyses/speed.py                 # full benchmark (issue: 512 sequences)
+    python analyses/speed.py --n-seq 64      # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the HF reference bypass lives with the reference tests
+
+SHAPE = dict(n_layers=6, d_model=512, n_heads=8, d_mlp=2048, vocab_size=50304, n_ctx=2048)
+
+
+def build_inputs(out: Path, n_seq: int, seq_len: int, prefix_len: int, batch_size: int) -> tuple[Path, Path]:
+    from interp.generation import greedy_generate
+    from interp.models import load_model
+    from interp.tiny import make_tiny_model
+
+    folder = out / "model"
+    if not (folder / "config.json").exists():
+        make_tiny_model(folder, "neox", seed=0, **SHAPE)
+    rows_path = out / f"rows_{n_seq}x{seq_len}_p{prefix_len}.npy"
+    if not rows_path.exists():
+        model = load_model(folder)
+        prefix = torch.randint(1, SHAPE["vocab_size"], (n_seq, prefix_len), generator=torch.Generator().manual_seed(0))
+        suffix = greedy_generate(model, prefix, seq_len - prefix_len, batch_size=batch_size)
+        np.save(rows_path, torch.cat([prefix, suffix], 1).numpy())
+    return folder, rows_path
+
+
+def worker_ours(folder: Path, rows: np.ndarray, prefix_len: int, batch_size: int, heads: bool) -> pd.DataFrame:
+    from interp.interventions import AttentionBypass
+    from interp.memorization import sweep
+    from interp.models import load_model
+
+    model = load_model(folder)
+    configs = None
+    if heads:
+        n_l, n_h = model.cfg.n_layers, model.cfg.n_heads
+        configs = {f"L{l}H{h}": [AttentionBypass(l, heads=[h])] for l in range(n_l) for h in range(n_h)}
+    return sweep(model, rows, prefix_len, configs=configs, batch_size=batch_size, progress=False)
+
+
+@torch.no_grad()
+def worker_reference(folder: Path, rows: np.ndarray, prefix_len: int, batch_size: int) -> pd.DataFrame:
+    from interp import metrics
+    from reference import HFBypass, load_hf
+
+    hf = load_hf(folder)
+    hf.generation_config.eos_token_id = None  # never stop early (defect 4 of the public code)
+    tokens = torch.as_tensor(rows)
+    T = tokens.shape[1] - prefix_len
+    frames = []
+    for config, layers in [("baseline", [])] + [(f"block:{l}", [l]) for l in range(hf.config.num_hidden_layers)]:
+        em, ta, ce = [], [], []
+        with HFBypass(hf, layers):
+            for start in range(0, len(tokens), batch_size):
+                batch = tokens[start : start + batch_size]
+                gen = hf.generate(
+                    batch[:, :prefix_len], attention_mask=torch.ones_like(batch[:, :prefix_len]),
+                    max_new_tokens=T, min_new_tokens=T, do_sample=False, num_beams=1, pad_token_id=0,
+                )[:, prefix_len:]  # fmt: skip
+                logits = hf(batch[:, :-1]).logits[:, prefix_len - 1 :]
+                em.append(metrics.exact_match(gen, batch[:, prefix_len:]).float())
+                ta.append(metrics.token_accuracy(gen, batch[:, prefix_len:]))
+                ce.append(metrics.completion_entropy(logits))
+        frames.append(pd.DataFrame({"config": config, "sequence": np.arange(len(tokens)),
+                                    "exact_match": torch.cat(em).numpy(), "token_accuracy": torch.cat(ta).numpy(),
+                                    "completion_entropy": torch.cat(ce).numpy()}))  # fmt: skip
+    return pd.concat(frames, ignore_index=True)
+
+
+def run_worker(args) -> None:
+    rows = np.load(args.rows)
+    start = time.perf_counter()
+    if args.worker == "reference":
+        df = worker_reference(Path(args.model), rows, args.prefix_len, args.batch_size)
+    else:
+        df = worker_ours(Path(args.model), rows, args.prefix_len, args.batch_size, heads=args.worker == "heads")
+    seconds = time.perf_counter() - start
+    df.to_parquet(args.result)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    Path(args.result).with_suffix(".json").write_text(json.dumps({"seconds": seconds, "peak_rss_mb": peak_mb}))
+
+
+def spawn(kind: str, folder: Path, rows_path: Path, out: Path, args) -> tuple[pd.DataFrame, dict]:
+    result = out / f"{kind}.parquet"
+    cmd = [sys.executable, __file__, "--worker", kind, "--model", str(folder), "--rows", str(rows_path),
+           "--result", str(result), "--prefix-len", str(args.prefix_len), "--batch-size", str(args.batch_size)]  # fmt: skip
+    subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return pd.read_parquet(result), json.loads(result.with_suffix(".json").read_text())
+
+
+def compare(ours: pd.DataFrame, ref: pd.DataFrame) -> list[str]:
+    merged = ours.merge(ref, on=["config", "sequence"], suffixes=("", "_ref"), validate="one_to_one")
+    problems = []
+    for m in ["exact_match", "token_accuracy"]:
+        n_bad = int((merged[m] != merged[f"{m}_ref"]).sum())
+        if n_bad:
+            problems.append(f"{m}: {n_bad} of {len(merged)} sequences differ")
+    ce_ok = np.isclose(merged.completion_entropy, merged.completion_entropy_ref, rtol=1e-4, atol=1e-4)
+    if not ce_ok.all():
+        problems.append(f"completion_entropy: {int((~ce_ok).sum())} of {len(merged)} differ beyond 1e-4")
+    if len(merged) != len(ref):
+        problems.append("the two runs cover different (config, sequence) pairs")
+    return problems
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n-seq", type=int, default=512)
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--prefix-len", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--heads", action="store_true", help="also time the per-head sweep (all 48 heads)")
+    p.add_argument("--out", default=str(ROOT / "results" / "speed"))
+    p.add_argument("--worker", choices=["reference", "ours", "heads"], help=argparse.SUPPRESS)
+    p.add_argument("--model", help=argparse.SUPPRESS)
+    p.add_argument("--rows", help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        run_worker(args)
+        return 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    folder, rows_path = build_inputs(out, args.n_seq, args.seq_len, args.prefix_len, args.batch_size)
+    ours, t_ours = spawn("ours", folder, rows_path, out, args)
+    ref, t_ref = spawn("reference", folder, rows_path, out, args)
+    problems = compare(ours, ref)
+    summary = {
+        "n_seq": args.n_seq, "seq_len": args.seq_len, "prefix_len": args.prefix_len, "batch_size": args.batch_size,
+        "reference_seconds": round(t_ref["seconds"], 1), "ours_seconds": round(t_ours["seconds"], 1),
+        "speedup": round(t_ref["seconds"] / t_ours["seconds"], 2),
+        "reference_peak_rss_mb": round(t_ref["peak_rss_mb"]), "ours_peak_rss_mb": round(t_ours["peak_rss_mb"]),
+        "identical_metrics": not problems, "torch_threads": torch.get_num_threads(),
+    }  # fmt: skip
+    if args.heads:
+        _, t_heads = spawn("heads", folder, rows_path, out, args)
+        summary["head_sweep_seconds_48_heads"] = round(t_heads["seconds"], 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    for k, v in summary.items():
+        print(f"{k:>30}: {v}")
+    for problem in problems:
+        print("MISMATCH:", problem, file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
