@@ -14,7 +14,7 @@ import sys
 
 from interp.errors import InputError
 
-SUBCOMMANDS = ["sweep"]  # module names under interp.cli, each with register(subparsers)
+SUBCOMMANDS = ["sweep", "bench", "theory", "localize", "organism"]  # modules under interp.cli, each with register(subparsers)
 
 
 def build_parser() -> argparse.ArgumentParser:
