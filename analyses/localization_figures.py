@@ -13,8 +13,9 @@ Reads only the files ``interp localize`` writes into each result folder (``confi
   directions) and direct logit attribution, and attribution vs. exact scatters with Pearson r.
 
 When a folder holds ``knockout.csv`` (``--knockout``), ``<tag>-knockout.png/.pdf`` shows, per K,
-the drop in exact match on the target rows and on other memorized rows, and the rise in the
-general score (mean token NLL); a localization is specific when the first bar dominates.
+the drop in exact match on the target rows and on other memorized rows, and the loss in each
+general score (mean token NLL rise, benchmark accuracy fall); a localization is specific when
+the first bar dominates.
 
 The true component (when known) is outlined in every head heatmap. Across folders it writes
 ``recall.csv`` and a table figure ``recall.png/.pdf``.
@@ -45,6 +46,7 @@ POSITION_SITES = ("resid_pre", "attn_out", "mlp_out")
 
 def head_grid(df: pd.DataFrame, value: str) -> pd.DataFrame:
     """Layer x head table of ``value`` (mean over any other rows)."""
+    df = df.astype({"layer": int, "head": int})
     return df.groupby(["layer", "head"])[value].mean().unstack("head").sort_index()
 
 
@@ -59,7 +61,7 @@ def heatmap(ax, grid: pd.DataFrame, title: str, *, cmap="RdBu_r", center: float 
            xticks=range(grid.shape[1]), yticks=range(grid.shape[0]))  # fmt: skip
     ax.set_xticklabels(grid.columns, fontsize=6)
     ax.set_yticklabels(grid.index, fontsize=6)
-    ax.figure.colorbar(im, ax=ax, fraction=0.046)
+    ax.figure.colorbar(im, ax=ax, fraction=0.046).ax.ticklabel_format(useOffset=False)
     _outline(ax, truth, list(grid.index), list(grid.columns))
 
 
@@ -129,16 +131,16 @@ def draw_attribution(folder: Path, cfg: dict) -> plt.Figure:
 
 def draw_knockout(folder: Path, cfg: dict) -> plt.Figure:
     ko = pd.read_csv(folder / "knockout.csv")
-    ko = ko[ko.metric.isin(["exact_match", "general_score"])]
+    ko = ko[(ko.set == "general") | (ko.metric == "exact_match")]
+    bars = [("target", "exact_match"), ("other", "exact_match")] + [("general", m) for m in ko[ko.set == "general"].metric.unique()]
+    bars = [b for b in bars if ((ko.set == b[0]) & (ko.metric == b[1])).any()]
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    ks, sets = sorted(ko.k.unique()), ["target", "other", "general"]
-    width = 0.8 / len(sets)
-    for i, name in enumerate(sets):
-        d = ko[ko.set == name].set_index("k")["drop"].reindex(ks)
-        label = "general: NLL rise (nats)" if name == "general" else f"{name}: exact-match drop"
-        ax.bar(np.arange(len(ks)) + (i - 1) * width, d.to_numpy(float), width=width, label=label)
+    ks, width = sorted(ko.k.unique()), 0.8 / len(bars)
+    for i, (name, metric) in enumerate(bars):
+        d = ko[(ko.set == name) & (ko.metric == metric)].set_index("k")["drop"].reindex(ks)
+        ax.bar(np.arange(len(ks)) + (i - (len(bars) - 1) / 2) * width, d.to_numpy(float), width=width, label=f"{name}: {metric}")
     ax.axhline(0, color="k", lw=0.6)
-    ax.set(xticks=range(len(ks)), xlabel=f"top-K knocked out ({ko.how.iloc[0]})", ylabel="drop")
+    ax.set(xticks=range(len(ks)), xlabel=f"top-K knocked out ({ko.how.iloc[0]})", ylabel="drop (positive = worse)")
     ax.set_xticklabels(ks)
     ax.legend(fontsize=7)
     return fig

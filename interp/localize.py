@@ -322,7 +322,29 @@ def mean_token_nll(model, rows: np.ndarray, interventions: Sequence[Intervention
     return float(-logp.mean())
 
 
-GeneralScore = Callable[[object, Sequence[Intervention]], float]
+@dataclass(frozen=True)
+class GeneralScore:
+    """A general-ability score of a model under interventions: ``fn(model, interventions)``;
+    ``higher_is_better`` orients the knockout's ``drop`` (positive = worse)."""
+
+    name: str
+    fn: Callable[[object, Sequence[Intervention]], float]
+    higher_is_better: bool = False
+
+
+def nll_score(rows: np.ndarray, *, batch_size: int = 32) -> GeneralScore:
+    """Mean next-token NLL on held-out ``rows`` (lower is better)."""
+    return GeneralScore("mean_token_nll", lambda m, ivs: mean_token_nll(m, rows, ivs, batch_size=batch_size))
+
+
+def benchmark_score(tasks: Sequence, *, batch_size: int = 32) -> GeneralScore:
+    """Mean zero-shot multiple-choice accuracy over ``tasks`` (``interp.benchmarks``)."""
+    from interp.benchmarks import evaluate_task
+
+    def fn(model, ivs) -> float:
+        return float(np.mean([evaluate_task(model, t, ivs, batch_size=batch_size, progress=False)["acc"] for t in tasks]))
+
+    return GeneralScore("benchmark_acc", fn, higher_is_better=True)
 
 
 def knockout(
@@ -332,16 +354,15 @@ def knockout(
     *,
     target_rows: np.ndarray,
     other_rows: np.ndarray | None = None,
-    general_rows: np.ndarray | None = None,
-    general: GeneralScore | None = None,
+    general: Sequence[GeneralScore] = (),
     how: str = "bypass",
     batch_size: int = 32,
 ) -> pd.DataFrame:
     """Knock out ``components`` together; tidy rows ``set, metric, baseline, knocked, drop``.
 
-    Sets: ``target`` and ``other`` (memorized rows: exact match and token accuracy; ``drop`` =
-    baseline - knocked) and ``general`` (``general(model, interventions)`` if given, else the mean
-    token NLL on ``general_rows``; ``drop`` = knocked - baseline, so positive means worse).
+    Sets: ``target`` and ``other`` (memorized rows: exact match and token accuracy) and
+    ``general`` (one row per ``GeneralScore``, e.g. ``nll_score`` or ``benchmark_score``).
+    ``drop`` is oriented so that positive means worse (memorization lost, ability lost).
     """
     ivs = knockout_interventions(components, how)
     records = []
@@ -350,13 +371,12 @@ def knockout(
             continue
         base, knocked = evaluate(model, rows, prefix_len, batch_size=batch_size), evaluate(model, rows, prefix_len, ivs, batch_size=batch_size)
         for m in ("exact_match", "token_accuracy"):
-            records.append(dict(set=name, metric=m, baseline=base[m].mean(), knocked=knocked[m].mean()))
-    score = general or (None if general_rows is None else lambda mdl, iv: mean_token_nll(mdl, general_rows, iv, batch_size=batch_size))
-    if score is not None:
-        records.append(dict(set="general", metric="general_score", baseline=score(model, []), knocked=score(model, ivs)))
-    df = pd.DataFrame.from_records(records)
-    sign = np.where(df["set"] == "general", -1.0, 1.0)
-    df["drop"] = sign * (df["baseline"] - df["knocked"])
+            b, k = float(base[m].mean()), float(knocked[m].mean())
+            records.append(dict(set=name, metric=m, baseline=b, knocked=k, drop=b - k))
+    for score in general:
+        b, k = score.fn(model, []), score.fn(model, ivs)
+        records.append(dict(set="general", metric=score.name, baseline=b, knocked=k, drop=(b - k) if score.higher_is_better else (k - b)))
+    df = pd.DataFrame.from_records(records, columns=["set", "metric", "baseline", "knocked", "drop"])
     return df.assign(components=",".join(components), how=how, n_components=len(components))
 
 

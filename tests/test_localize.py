@@ -171,12 +171,17 @@ def test_cli_knockout_of_the_top_head(planted, run_cli, tmp_path):
     folder, _, rows, data = planted
     np.save(tmp_path / "other.npy", rows[4:])
     np.save(tmp_path / "general.npy", np.random.default_rng(2).integers(1, 500, (3, PREFIX + SUFFIX)))
+    task = tmp_path / "task.jsonl"
+    task.write_text("\n".join(json.dumps({"context": f"Copy: ab{i} | again:", "choices": [f" ab{i}", " cd"], "gold": 0})
+                              for i in range(3)))  # fmt: skip
     out = tmp_path / "out"
     assert run_cli(["localize", "--model", str(folder), "--data", str(data), "--prefix-len", str(PREFIX),
                     "--method", "head-bypass", "--out", str(out), "--knockout", "1,2", "--no-progress",
-                    "--other-data", str(tmp_path / "other.npy"), "--general-data", str(tmp_path / "general.npy")]) == 0  # fmt: skip
+                    "--other-data", str(tmp_path / "other.npy"), "--general-data", str(tmp_path / "general.npy"),
+                    "--general-tasks", str(task)]) == 0  # fmt: skip
     ko = pd.read_csv(out / "knockout.csv")
     assert set(ko.set) == {"target", "other", "general"} and sorted(ko.k.unique()) == [1, 2]
+    assert set(ko[ko.set == "general"].metric) == {"mean_token_nll", "benchmark_acc"}
     assert ko[(ko.k == 1)].components.iloc[0] == PLANTED
     assert ko[(ko.k == 1) & (ko.set == "target") & (ko.metric == "exact_match")]["drop"].item() > 0
 
@@ -197,17 +202,20 @@ def test_knockout_of_the_planted_head_breaks_its_rows(planted):
     _, model, rows, _ = planted
     general_rows = np.random.default_rng(1).integers(1, 500, (4, PREFIX + SUFFIX))
     calls = []
-    df = Lz.knockout(model, [PLANTED], PREFIX, target_rows=rows[:4], other_rows=rows[4:], general_rows=general_rows)
+    acc = Lz.GeneralScore("acc", lambda m, ivs: calls.append(ivs) or (0.5 if ivs else 0.75), higher_is_better=True)
+    df = Lz.knockout(model, [PLANTED], PREFIX, target_rows=rows[:4], other_rows=rows[4:],
+                     general=[Lz.nll_score(general_rows), acc])  # fmt: skip
     assert set(df.set) == {"target", "other", "general"}
     assert {"baseline", "knocked", "drop", "components", "how"} <= set(df.columns)
     target = df[(df.set == "target") & (df.metric == "exact_match")].iloc[0]
     assert target.baseline == 1 and target["drop"] > 0
-    gen = df[df.set == "general"].iloc[0]
-    assert gen["drop"] == pytest.approx(gen.knocked - gen.baseline)
-    Lz.knockout(model, [PLANTED], PREFIX, target_rows=rows[:2], general=lambda m, ivs: calls.append(ivs) or 0.0, how="zero")
-    assert len(calls) == 2 and calls[0] == [] and calls[1][0].label == "zero:L1H2"
-    curve = Lz.knockout_curve(model, ranking([PLANTED, "L0H0"]), [1, 2], PREFIX, target_rows=rows[:2])
-    assert sorted(curve.k.unique()) == [1, 2]
+    nll = df[df.metric == "mean_token_nll"].iloc[0]
+    assert nll["drop"] == pytest.approx(nll.knocked - nll.baseline)
+    assert nll.baseline == pytest.approx(Lz.mean_token_nll(model, general_rows))
+    assert df[df.metric == "acc"]["drop"].item() == pytest.approx(0.25)  # higher is better: baseline - knocked
+    assert len(calls) == 2 and calls[0] == [] and calls[1][0].label == "L1H2"
+    curve = Lz.knockout_curve(model, ranking([PLANTED, "L0H0"]), [1, 2], PREFIX, target_rows=rows[:2], how="zero")
+    assert sorted(curve.k.unique()) == [1, 2] and (curve.how == "zero").all()
 
 
 # ---------------------------------------------------------------- bad input

@@ -12,8 +12,9 @@ results of the method (``sequences.parquet``, ``heads.parquet``, ``patching.parq
 known (``--truth``, or ``injected_component`` in the model folder's ``manifest.json``),
 ``recall.csv`` with Recall@k. With ``--knockout K[,K...]`` it also knocks out the top-K
 components together and writes ``knockout.csv``: the drop in exact match / token accuracy on the
-rows of ``--data`` (``target``) and of ``--other-data`` (``other``), and the rise of the mean
-token NLL on ``--general-data`` (``general``). Nothing is written when an input is unusable.
+rows of ``--data`` (``target``) and of ``--other-data`` (``other``), the rise of the mean
+token NLL on ``--general-data`` and the fall of the mean accuracy on ``--general-tasks``
+(``general``). Nothing is written when an input is unusable.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pandas as pd
 
 from interp import attribution, localize, patching, results, sites
 from interp.cli.common import add_model_arg, parse_int_list
+from interp.benchmarks import resolve_tasks
 from interp.data import load_rows, validate_for_model
 from interp.errors import InputError
 from interp.memorization import evaluate, sweep
@@ -50,6 +52,8 @@ def register(sub) -> None:
     p.add_argument("--knockout-how", choices=("bypass", "zero"), default="bypass", help="attention bypass or zero ablation")
     p.add_argument("--other-data", help="other memorized rows (.npy) for the knockout's specificity check")
     p.add_argument("--general-data", help="held-out rows (.npy) whose mean token NLL is the knockout's general score")
+    p.add_argument("--general-tasks", help="benchmark tasks (built-in names or JSONL, comma-separated) whose mean "
+                   "accuracy is a knockout general score")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
@@ -79,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     ks = parse_int_list(args.knockout, "--knockout")
     rows = load_rows(args.data) if str(args.data).endswith(".npy") else None  # fail before loading a model
     extra = {k: load_rows(getattr(args, k)) for k in ("other_data", "general_data") if getattr(args, k)}
+    tasks = resolve_tasks(args.general_tasks) if args.general_tasks else []
     model = load_model(args.model, device=args.device)
     rows = rows if rows is not None else load_rows(args.data, tokenizer=model.tokenizer)
     validate_for_model(rows, args.prefix_len, model)
@@ -90,9 +95,11 @@ def run(args: argparse.Namespace) -> int:
         _check_truth_fits(truth, model)
     ranking, tables = compute(model, rows, args)
     if ks:
+        general = [localize.nll_score(extra["general_data"], batch_size=args.batch_size)] if "general_data" in extra else []
+        general += [localize.benchmark_score(tasks, batch_size=args.batch_size)] if tasks else []
         tables["knockout.csv"] = localize.knockout_curve(
             model, ranking, ks, args.prefix_len, target_rows=rows, other_rows=extra.get("other_data"),
-            general_rows=extra.get("general_data"), how=args.knockout_how, batch_size=args.batch_size,
+            general=general, how=args.knockout_how, batch_size=args.batch_size,
         )  # fmt: skip
     out = Path(args.out)
     for name, df in tables.items():
@@ -164,4 +171,5 @@ def _config(args: argparse.Namespace, model, rows, truth: str | None) -> dict:
         "knockout_how": args.knockout_how,
         "other_data": args.other_data,
         "general_data": args.general_data,
+        "general_tasks": args.general_tasks,
     }
