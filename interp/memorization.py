@@ -9,6 +9,7 @@ bootstrap interval of each metric per config.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,7 @@ from interp import metrics, sites
 from interp.data import validate_for_model
 from interp.generation import batches, greedy_generate
 from interp.interventions import AttentionBypass, Intervention, apply
+from interp.results import write_parquet
 
 METRICS = (
     "exact_match",
@@ -162,15 +164,34 @@ def sweep(
     blocks: Sequence[int] | None = None,
     configs: dict[str, list[Intervention]] | None = None,
     batch_size: int = 32,
+    checkpoint: str | Path | None = None,
+    chunk_rows: int = 256,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Baseline plus each block bypassed (or explicit ``configs``): one row per config x sequence."""
+    """Baseline plus each block bypassed (or explicit ``configs``): one row per config x sequence.
+
+    With ``checkpoint`` (a folder), each (config, chunk of ``chunk_rows`` rows) is saved as a
+    parquet part the moment it is done (atomically), and parts already there are reused: a
+    sweep killed midway resumes without losing or duplicating rows. The folder must belong to
+    this sweep only (the CLI keys it by a hash of the sweep's settings).
+    """
     validate_for_model(rows, prefix_len, model)
     configs = configs if configs is not None else block_configs(model, blocks)
+    chunks = list(batches(len(rows), chunk_rows))
     frames = []
-    for name, ivs in tqdm(configs.items(), desc="configs", disable=not progress):
-        df = evaluate(model, rows, prefix_len, ivs, batch_size=batch_size)
-        frames.append(df.assign(config=name))
+    with tqdm(total=len(configs) * len(chunks), desc="sweep", disable=not progress) as bar:
+        for name, ivs in configs.items():
+            for i, sl in enumerate(chunks):
+                part = None if checkpoint is None else Path(checkpoint) / f"{name.replace(':', '_')}__{i:05d}.parquet"
+                if part is not None and part.exists():
+                    df = pd.read_parquet(part)
+                else:
+                    df = evaluate(model, rows[sl], prefix_len, ivs, batch_size=batch_size)
+                    df = df.assign(sequence=df.sequence + sl.start, config=name)
+                    if part is not None:
+                        write_parquet(df, part)
+                frames.append(df)
+                bar.update()
     out = pd.concat(frames, ignore_index=True)
     return out[["config", *[c for c in out.columns if c != "config"]]]
 

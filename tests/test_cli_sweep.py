@@ -106,3 +106,52 @@ def test_bad_input_exits_2_with_one_sentence_and_writes_nothing(tmp_path, tiny_d
 def test_console_script_runs_as_a_module(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "interp", "sweep", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "--prefix-len" in proc.stdout
+
+
+def _sweep_args(tiny_dir, data, out, *extra):
+    return ["sweep", "--model", str(tiny_dir), "--data", str(data), "--prefix-len", str(PREFIX), "--out", str(out),
+            "--no-progress", *extra]  # fmt: skip
+
+
+def test_shards_merge_to_the_unsharded_sweep(tmp_path, tiny_dir, data_file):
+    assert main(_sweep_args(tiny_dir, data_file, tmp_path / "all")) == 0
+    for k in range(3):
+        assert main(_sweep_args(tiny_dir, data_file, tmp_path / f"s{k}", "--shard", f"{k}/3")) == 0
+    assert main(["merge", str(tmp_path / "s2"), str(tmp_path / "s0"), "--out", str(tmp_path / "m")]) == 2  # s1 missing
+    assert not (tmp_path / "m").exists()
+    assert main(["merge", *(str(tmp_path / f"s{k}") for k in (2, 0, 1)), "--out", str(tmp_path / "m")]) == 0
+    whole = pd.read_parquet(tmp_path / "all" / "sequences.parquet")
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "m" / "sequences.parquet"), whole)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "m" / "summary.csv"), pd.read_csv(tmp_path / "all" / "summary.csv"))
+
+
+def test_output_folder_of_another_sweep_is_refused(tmp_path, tiny_dir, data_file):
+    assert main(_sweep_args(tiny_dir, data_file, tmp_path / "o", "--blocks", "0")) == 0
+    assert main(_sweep_args(tiny_dir, data_file, tmp_path / "o", "--blocks", "1")) == 2
+
+
+def test_killed_sweep_resumes_without_losing_or_duplicating_rows(tmp_path, tiny_dir, data_file):
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "interp", *_sweep_args(tiny_dir, data_file, out, "--chunk-rows", "2")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = out / "parts"
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and len(list(parts.glob("*.parquet"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the sweep finished before it could be killed"
+    saved = list(parts.glob("*.parquet"))
+    assert saved and not (out / "summary.csv").exists()
+    for part in saved:  # every part under a final name is whole
+        pd.read_parquet(part)
+    assert main(_sweep_args(tiny_dir, data_file, out, "--chunk-rows", "2")) == 0
+    resumed = pd.read_parquet(out / "sequences.parquet")
+    assert main(_sweep_args(tiny_dir, data_file, tmp_path / "fresh", "--chunk-rows", "2")) == 0
+    pd.testing.assert_frame_equal(resumed, pd.read_parquet(tmp_path / "fresh" / "sequences.parquet"))
+    assert not resumed.duplicated(["config", "sequence"]).any()
