@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 F64 = torch.float64
 BOUNDS = ("B1", "B2", "B3")
+RTOL = 1e-5  # float32 forward passes: differences are trusted to RTOL x the compared vectors' norm
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,11 +480,12 @@ def _tidy(layer: int, cols: dict[str, Tensor], seq0: int) -> pd.DataFrame:
         "token": np.tile(np.arange(n_p), n_b),
         **{k: v.numpy().ravel() for k, v in cols.items()},
     })  # fmt: skip
+    # tightness is left empty where the bound is at float32 noise level (RTOL x the vectors' norm)
     for b in BOUNDS:
         df[f"slack_{b}"] = df[b] - df["measured"]
-        df[f"tight_{b}"] = (df["measured"] / df[b]).where(df[b] > 0)
-    df["tight_block"] = (df["block_measured"] / df["block_bound"]).where(df["block_bound"] > 0)
-    df["tight_logits"] = (df["logits_measured"] / df["logits_bound"]).where(df["logits_bound"] > 0)
+        df[f"tight_{b}"] = (df["measured"] / df[b]).where(df[b] > RTOL * df["attn_scale"])
+    df["tight_block"] = (df["block_measured"] / df["block_bound"]).where(df["block_bound"] > RTOL * df["block_scale"])
+    df["tight_logits"] = (df["logits_measured"] / df["logits_bound"]).where(df["logits_bound"] > RTOL * df["logits_scale"])
     return df
 
 
@@ -543,9 +545,6 @@ def theory_tables(
 # ---------------------------------------------------------------------------------------------
 # Checks and summaries
 # ---------------------------------------------------------------------------------------------
-
-RTOL = 1e-5  # float32 forward passes: differences are trusted to RTOL x the compared vectors' norm
-
 
 def violations(bounds: pd.DataFrame, rtol: float = RTOL) -> pd.DataFrame:
     """Boolean columns, one row per token: which statement fails beyond float tolerance.
