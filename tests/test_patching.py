@@ -76,9 +76,11 @@ def test_agrees_with_transformer_lens_patching(bridge, setup, patched, direction
     _, runs = setup
     base, src = (runs.corrupted, runs.clean) if direction == "denoising" else (runs.clean, runs.corrupted)
     _, cache = bridge.run_with_cache(src)
-    for metric, fn in P.METRIC_FNS.items():
-        for site, (tl_fn, order) in TL_FUNCS.items():
-            theirs = tl_fn(bridge, base, cache, lambda lg: fn(lg, runs.target), reduce="mean")
+    metrics = {name: (lambda lg, fn=fn: fn(lg, runs.target)) for name, fn in P.METRIC_FNS.items()}
+    for site, (tl_fn, order) in TL_FUNCS.items():
+        result = tl_fn(bridge, base, cache, metrics, reduce="mean")  # one sweep, every metric
+        for i, metric in enumerate(result.metric_names):
+            theirs = result.values[i]
             ours = patched[(patched.site == site) & (patched.direction == direction) & (patched.metric == metric)]
             ours = torch.tensor(ours.sort_values(order)["value"].to_numpy(), dtype=torch.float32).view(theirs.shape)
             torch.testing.assert_close(ours, theirs.float(), atol=1e-4, rtol=1e-5, msg=f"{site} {metric}")
