@@ -37,6 +37,9 @@ from interp.tiny import EOT, tiny_config, train_bpe_tokenizer
 log = logging.getLogger(__name__)
 
 ARCHS = ("neox", "neo")
+# Steps of the shipped models. GPT-Neo got fewer only because the shared 2-core machine was
+# saturated while it trained (it had to finish in time), not because fewer steps were better.
+DEFAULT_STEPS = {"neox": 1000, "neo": 600}
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ class TrainConfig:
     vocab_size: int = 4096
     window: int = 64  # GPT-Neo local attention window
     batch_size: int = 16
-    steps: int = 1000
+    steps: int = 0  # 0 = the shipped model's step count for ``arch`` (DEFAULT_STEPS)
     lr: float = 2e-3
     warmup: int = 30
     min_lr_frac: float = 0.1
@@ -68,6 +71,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}; got {self.arch!r}")
+        if self.steps == 0:
+            object.__setattr__(self, "steps", DEFAULT_STEPS[self.arch])
 
 
 def tiny_train_config(arch: str = "neox", **kw) -> TrainConfig:
