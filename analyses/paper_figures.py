@@ -1,0 +1,121 @@
+"""The paper's figure set: memorization (EM, TA, CE) against benchmark accuracy with each block's
+attention bypassed, across models, and the relative accuracy drop per block for reasoning
+versus language tasks (Menta et al., NAACL 2025, Figs. 2-4).
+
+Compute, then draw. For each model the script runs ``interp bench --with-memorization`` into
+``results/paper/<config-hash>/`` (reused when already there) and then draws from the saved
+``joined.csv`` tables only.
+
+    # default: both shipped organisms, their memorized canaries, the built-in tasks
+    python analyses/paper_figures.py
+    # a real model with its weights in the HF cache or a local folder
+    python analyses/paper_figures.py --model EleutherAI/pythia-1.4b --data pythia14b_mem.npy \\
+        --prefix-len 32 --tasks piqa.jsonl --x-task piqa
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("paper_figures")
+
+
+def organism_memorized_set(arch: str, out_dir: Path) -> tuple[Path, int]:
+    """All trained canaries of the organism (every duplication level) that the unmodified
+    model reproduces exactly: the organism's memorized set."""
+    import numpy as np
+
+    from interp.cli import main as cli
+    from interp.data import mine_memorized
+    from interp.models import load_model
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"memorized-{arch}.npy"
+    meta = path.with_suffix(".json")
+    if path.exists() and meta.exists():
+        return path, json.loads(meta.read_text())["prefix_len"]
+    rows, prefix_len = [], None
+    for level in (1, 4, 16, 64):
+        part = out_dir / f"canaries-{arch}-D{level}.npy"
+        if cli(["organism", "canaries", "--arch", arch, "--duplicates", str(level), "--out", str(part)]) != 0:
+            raise SystemExit(f"could not export the {arch} organism's canaries")
+        rows.append(np.load(part))
+        prefix_len = json.loads(part.with_suffix(".json").read_text())["prefix_len"]
+    kept, _ = mine_memorized(load_model(f"organism:{arch}"), np.concatenate(rows), prefix_len)
+    if len(kept) == 0:
+        raise SystemExit(f"the {arch} organism reproduces none of its canaries: no memorized set")
+    np.save(path, kept)
+    meta.write_text(json.dumps({"prefix_len": prefix_len, "n_rows": len(kept)}))
+    return path, prefix_len
+
+
+def run_bench(model: str, data: Path, prefix_len: int, tasks: str | None, results: Path, progress: bool) -> Path:
+    from interp.cli import main as cli
+    from interp.results import config_hash
+
+    key = config_hash({"analysis": "paper", "model": model, "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
+                       "prefix_len": prefix_len, "tasks": tasks})  # fmt: skip
+    out = results / key
+    if (out / "joined.csv").exists():
+        log.info("reusing %s for %s", out, model)
+        return out
+    args = ["bench", "--model", model, "--out", str(out), "--with-memorization", str(data), "--prefix-len", str(prefix_len)]
+    args += ["--tasks", tasks] if tasks else []
+    args += [] if progress else ["--no-progress"]
+    if cli(args) != 0:
+        raise SystemExit(f"interp bench failed for {model}")
+    return out
+
+
+def draw(tables: dict[str, pd.DataFrame], out: Path, x_task: str | None) -> list[Path]:
+    from interp import plots
+
+    paths = plots.save(plots.memorization_vs_accuracy(tables, task=x_task), out, "memorization_vs_accuracy")
+    for name, joined in tables.items():
+        safe = name.replace("/", "_").replace(":", "_")
+        paths += plots.save(plots.memorization_vs_accuracy({name: joined}, task=x_task), out, f"memorization_vs_accuracy_{safe}")
+    paths += plots.save(plots.relative_drop_by_block(tables), out, "relative_drop_by_block")
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", action="append", help="model (repeatable); default: organism:neox and organism:neo")
+    p.add_argument("--data", action="append", help="memorized rows per --model (.npy); default: the organism's canaries")
+    p.add_argument("--prefix-len", type=int, help="prefix length of --data rows")
+    p.add_argument("--tasks", help="benchmark tasks for interp bench (default: the built-in tasks)")
+    p.add_argument("--x-task", help="task on the x axis (default: mean accuracy over the tasks)")
+    p.add_argument("--results", default=str(ROOT / "results" / "paper"))
+    p.add_argument("--out", default=str(ROOT / "figures" / "paper"))
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    results = Path(args.results)
+    models = args.model or ["organism:neox", "organism:neo"]
+    if args.data and len(args.data) != len(models):
+        p.error("give one --data per --model")
+    if args.data and args.prefix_len is None:
+        p.error("--data needs --prefix-len")
+    tables = {}
+    for i, model in enumerate(models):
+        if args.data:
+            data, prefix_len = Path(args.data[i]), args.prefix_len
+        else:
+            data, prefix_len = organism_memorized_set(model.split(":", 1)[1], results / "data")
+        folder = run_bench(model, data, prefix_len, args.tasks, results, not args.no_progress)
+        tables[model] = pd.read_csv(folder / "joined.csv")
+    for path in draw(tables, Path(args.out), args.x_task):
+        log.info("wrote %s", path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
