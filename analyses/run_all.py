@@ -1,0 +1,145 @@
+"""The main job: the whole pipeline on the shipped model organisms, from results to figures.
+
+For each organism (GPT-NeoX and GPT-Neo): the memorization sweep with every block bypassed
+joined with benchmark accuracy (the paper's figure set), the theorem check, and, on the
+injected variants whose answer key is known, localization by block bypass, head bypass,
+patching and attribution. Results go to ``results/`` (each step reused when its folder is
+complete, so a rerun after a crash continues), figures (PNG and PDF) to ``figures/``, and a
+short summary table is printed at the end.
+
+    python analyses/run_all.py            # what `make figures` runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "analyses"))
+log = logging.getLogger("run_all")
+ARCHS = ("neox", "neo")
+LOCALIZE_METHODS = ("block-bypass", "head-bypass", "patching", "attribution")
+
+
+def cli(args: list[str]) -> None:
+    from interp.cli import main
+
+    log.info("interp %s", " ".join(args))
+    if main(args) != 0:
+        raise SystemExit(f"step failed: interp {' '.join(args)}")
+
+
+def done(folder: Path, marker: str) -> bool:
+    return (folder / marker).exists()
+
+
+def theory_step(arch: str, data: Path, prefix_len: int, results: Path, progress: list[str]) -> Path:
+    out = results / "theory" / arch
+    if not done(out, "summary.csv"):
+        cli(["theory", "--model", f"organism:{arch}", "--data", str(data), "--prefix-len", str(prefix_len),
+             "--out", str(out), *progress])  # fmt: skip
+    return out
+
+
+def localize_step(arch: str, results: Path, progress: list[str]) -> list[Path]:
+    from interp.organism import organism_path
+
+    try:
+        organism_path(arch, injected=True)
+    except Exception as err:  # the injected variant is optional
+        log.warning("skipping localization on %s: %s", arch, err)
+        return []
+    data = results / "localize" / f"injected-canaries-{arch}.npy"
+    if not data.exists():
+        data.parent.mkdir(parents=True, exist_ok=True)
+        cli(["organism", "canaries", "--arch", arch, "--injected", "--out", str(data)])
+    prefix_len = json.loads(data.with_suffix(".json").read_text())["prefix_len"]
+    folders = []
+    for method in LOCALIZE_METHODS:
+        out = results / "localize" / arch / method
+        if not done(out, "ranking.csv"):
+            cli(["localize", "--model", f"organism:{arch}-injected", "--data", str(data), "--prefix-len",
+                 str(prefix_len), "--method", method, "--out", str(out), *progress])  # fmt: skip
+        folders.append(out)
+    return folders
+
+
+def summary_table(paper_tables: dict[str, pd.DataFrame], theory: dict[str, Path], localize: dict[str, list[Path]]) -> pd.DataFrame:
+    rows = []
+    for model, joined in paper_tables.items():
+        arch = model.split(":", 1)[1]
+        base = joined[joined.config == "baseline"].iloc[0]
+        blocks = joined[joined.config != "baseline"]
+        worst = blocks.loc[blocks.exact_match.idxmin()]
+        theory_summary = pd.read_csv(theory[arch] / "summary.csv") if arch in theory else None
+        recall = {}
+        for folder in localize.get(arch, []):
+            if (folder / "recall.csv").exists():
+                r = pd.read_csv(folder / "recall.csv")
+                recall[folder.name] = r.loc[r.k == r.k.min(), "recall"].iloc[0] if "recall" in r else None
+        rows.append({
+            "model": model,
+            "EM original": round(float(base.exact_match), 3),
+            "EM min (block)": f"{worst.exact_match:.3f} ({worst.config})",
+            "acc original": round(float(base.acc_mean), 3),
+            "acc at EM-min block": round(float(worst.acc_mean), 3),
+            "bound violations": None if theory_summary is None else int(theory_summary.filter(like="violation").sum().sum()),
+            **{f"Recall@1 {k}": v for k, v in recall.items()},
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results", default=str(ROOT / "results"))
+    p.add_argument("--figures", default=str(ROOT / "figures"))
+    p.add_argument("--archs", default=",".join(ARCHS))
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    start = time.monotonic()
+    results, figures = Path(args.results), Path(args.figures)
+    archs = args.archs.split(",")
+    progress = ["--no-progress"] if args.no_progress else []
+
+    import paper_figures
+
+    paper_tables, theory, localize = {}, {}, {}
+    for arch in archs:
+        data, prefix_len = paper_figures.organism_memorized_set(arch, results / "paper" / "data")
+        folder = paper_figures.run_bench(f"organism:{arch}", data, prefix_len, None, results / "paper", not args.no_progress)
+        paper_tables[f"organism:{arch}"] = pd.read_csv(folder / "joined.csv")
+        theory[arch] = theory_step(arch, data, prefix_len, results, progress)
+        localize[arch] = localize_step(arch, results, progress)
+
+    paper_figures.draw({m: paper_figures_mean(t) for m, t in paper_tables.items()}, figures / "paper", None)
+    import theory_figures
+
+    theory_figures.main([*(str(theory[a]) for a in archs), "--out", str(figures / "theory")])
+    loc_folders = [str(f) for a in archs for f in localize[a]]
+    if loc_folders:
+        import localization_figures
+
+        localization_figures.main([*loc_folders, "--out", str(figures / "localization")])
+
+    table = summary_table({m: paper_figures_mean(t) for m, t in paper_tables.items()}, theory, localize)
+    print(table.to_string(index=False))
+    print(f"\nfinished in {time.monotonic() - start:.0f} s; figures in {figures}")
+    return 0
+
+
+def paper_figures_mean(joined: pd.DataFrame) -> pd.DataFrame:
+    from interp.plots import with_mean_accuracy
+
+    return with_mean_accuracy(joined)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
