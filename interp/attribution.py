@@ -70,7 +70,7 @@ def _z_cache(model, tokens: Int[Tensor, "batch pos"]) -> list[Tensor]:
 
 
 def attribution_patching(
-    model, runs: Runs, *, directions: Sequence[str] = DIRECTIONS, metric: str = "suffix_logprob"
+    model, runs: Runs, *, directions: Sequence[str] = DIRECTIONS, metric: str = "suffix_logprob", batch_size: int = 32
 ) -> pd.DataFrame:
     """First-order estimate of exact per-head patching (``interp.patching.patch`` with
     ``site="head"``). Tidy rows: ``method, direction, layer, head, component, metric, estimate,
@@ -78,17 +78,27 @@ def attribution_patching(
     records = []
     clean, corr = runs.clean_metrics[metric], runs.corrupted_metrics[metric]
     for direction in directions:
-        base, src = (runs.corrupted, runs.clean) if direction == "denoising" else (runs.clean, runs.corrupted)
-        z_base, grads = _z_and_grads(model, base, runs.target, metric)
-        z_src = _z_cache(model, src)
-        for layer, (zb, g, zsrc) in enumerate(zip(z_base, grads, z_src)):
-            per_head = ((zsrc - zb) * g).sum(dim=(1, 3)).mean(0)  # [head]
-            for h, est in enumerate(per_head.tolist()):
-                patched = (corr if direction == "denoising" else clean) + est
-                records.append(dict(method="attribution_patching", direction=direction, layer=layer, head=h,
-                                    component=sites.head_label(layer, h), metric=metric, estimate=est,
-                                    normalized=normalize(patched, clean, corr, direction)))  # fmt: skip
+        per_head = _atp_per_head(model, runs, direction, metric, batch_size)  # [layer head]
+        for (layer, h), est in np.ndenumerate(per_head.numpy()):
+            patched = (corr if direction == "denoising" else clean) + float(est)
+            records.append(dict(method="attribution_patching", direction=direction, layer=layer, head=h,
+                                component=sites.head_label(layer, h), metric=metric, estimate=float(est),
+                                normalized=normalize(patched, clean, corr, direction)))  # fmt: skip
     return pd.DataFrame.from_records(records)
+
+
+def _atp_per_head(model, runs: Runs, direction: str, metric: str, batch_size: int) -> Float[Tensor, "layer head"]:
+    """Mean over sequences of ``sum_{pos, d_head} (z_src - z_base) * dM/dz``, rows in chunks."""
+    base, src = (runs.corrupted, runs.clean) if direction == "denoising" else (runs.clean, runs.corrupted)
+    total = torch.zeros(int(model.cfg.n_layers), int(model.cfg.n_heads), dtype=torch.float64)
+    for start in range(0, len(base), batch_size):
+        rs = slice(start, start + batch_size)
+        target = SuffixTarget(runs.target.prefix_len, runs.target.suffix[rs], runs.target.foil[rs])
+        z_base, grads = _z_and_grads(model, base[rs], target, metric)
+        z_src = _z_cache(model, src[rs])
+        for layer, (zb, g, zs) in enumerate(zip(z_base, grads, z_src)):
+            total[layer] += ((zs - zb) * g).sum(dim=(0, 1, 3)).double().cpu()
+    return total / len(base)
 
 
 # ---------------------------------------------------------------- direct logit attribution
@@ -164,20 +174,24 @@ def suffix_positions_and_tokens(rows: Int[Tensor, "batch row"], prefix_len: int)
     return positions, rows[:, prefix_len:]
 
 
-def direct_logit_attribution(model, rows, prefix_len: int) -> pd.DataFrame:
+def direct_logit_attribution(model, rows, prefix_len: int, *, batch_size: int = 32) -> pd.DataFrame:
     """Per-head DLA to the true suffix tokens on the clean (memorized) rows, averaged over
     sequences and suffix positions. Tidy rows: ``method, layer, head, component, dla`` (logit
     units)."""
     rows = torch.as_tensor(np.asarray(rows), dtype=torch.long)
     positions, tokens = suffix_positions_and_tokens(rows, prefix_len)
-    terms = logit_decomposition(model, rows[:, :-1], positions, tokens)
+    sums: dict[str, float] = {}
+    for start in range(0, len(rows), batch_size):
+        rs = slice(start, start + batch_size)
+        for label, value in logit_decomposition(model, rows[rs, :-1], positions[rs], tokens[rs]).items():
+            sums[label] = sums.get(label, 0.0) + float(value.double().sum())
     records = []
-    for label, value in terms.items():
+    for label, total in sums.items():
         try:
             layer, head = sites.parse_component(label)
         except ValueError:
             continue
-        records.append(dict(method="dla", layer=layer, head=head, component=label, dla=float(value.mean())))
+        records.append(dict(method="dla", layer=layer, head=head, component=label, dla=total / positions.numel()))
     return pd.DataFrame.from_records(records)
 
 

@@ -15,8 +15,9 @@
 - Ground truth, after Chang, Thomason and Jia, "Do Localization Methods Actually Localize
   Memorized Data in LLMs? A Tale of Two Benchmarks" (NAACL 2024): Recall@k of the injected
   component, and knockout of the top-k components measuring the drop in memorization on the
-  target rows, on other memorized rows, and in a general score (the mean next-token NLL on
-  held-out rows, or a callback); a localization is good when the first drop is much larger.
+  target rows, on other memorized rows, and in general scores (the mean next-token NLL on
+  held-out rows, benchmark accuracy, or any ``GeneralScore``); a localization is good when the
+  first drop is much larger than the other two.
 """
 
 from __future__ import annotations
@@ -315,11 +316,14 @@ def knockout_interventions(components: Sequence[str], how: str = "bypass") -> li
 
 @torch.no_grad()
 def mean_token_nll(model, rows: np.ndarray, interventions: Sequence[Intervention] = (), *, batch_size: int = 32) -> float:
-    """General-ability score: mean next-token NLL (nats) over every position of ``rows``."""
+    """General-ability score: mean next-token NLL (nats) over every position of ``rows``
+    (reduced per batch, so no [rows, pos, vocab] tensor is kept)."""
     tokens = torch.as_tensor(np.asarray(rows), dtype=torch.long)
-    logits = teacher_forced_logits(model, tokens[:, :-1], interventions, batch_size=batch_size)
-    logp = torch.log_softmax(logits.double(), -1).gather(-1, tokens[:, 1:, None]).squeeze(-1)
-    return float(-logp.mean())
+    total = 0.0
+    for sl in batches(len(tokens), batch_size):
+        logits = teacher_forced_logits(model, tokens[sl, :-1], interventions, batch_size=batch_size)
+        total += float(-torch.log_softmax(logits.double(), -1).gather(-1, tokens[sl, 1:, None]).sum())
+    return total / tokens[:, 1:].numel()
 
 
 @dataclass(frozen=True)

@@ -157,7 +157,9 @@ class Runs:
 
 
 @torch.no_grad()
-def prepare_runs(model, rows, prefix_len: int, *, n_corrupt: int | None = None, seed: int = 0) -> Runs:
+def prepare_runs(
+    model, rows, prefix_len: int, *, n_corrupt: int | None = None, seed: int = 0, batch_size: int = 64
+) -> Runs:
     """Build the corrupted rows, the foils, and the unpatched clean/corrupted metric means."""
     rows_np = np.asarray(rows)
     validate_for_model(rows_np, prefix_len, model)
@@ -167,11 +169,22 @@ def prepare_runs(model, rows, prefix_len: int, *, n_corrupt: int | None = None, 
     corrupted_rows = corrupt_prefix(rows_t, prefix_len, n_corrupt, vocab, seed=seed)
     clean, corrupted = rows_t[:, :-1], corrupted_rows[:, :-1]
     device = model.cfg.device
-    clean_logits = model(clean.to(device), return_type="logits")
-    corrupted_logits = model(corrupted.to(device), return_type="logits")
-    target = make_target(corrupted_logits, rows_t, prefix_len)
-    mean = lambda d: {k: float(v.mean()) for k, v in d.items()}  # noqa: E731
-    return Runs(clean, corrupted, target, mean(all_metrics(clean_logits, target)), mean(all_metrics(corrupted_logits, target)))
+    foils, sums = [], {"clean": dict.fromkeys(PATCH_METRICS, 0.0), "corrupted": dict.fromkeys(PATCH_METRICS, 0.0)}
+    for sl in _row_slices(len(rows_t), batch_size):
+        corrupted_logits = model(corrupted[sl].to(device), return_type="logits")
+        target = make_target(corrupted_logits, rows_t[sl], prefix_len)
+        foils.append(target.foil)
+        for run, logits in (("clean", model(clean[sl].to(device), return_type="logits")), ("corrupted", corrupted_logits)):
+            for k, v in all_metrics(logits, target).items():
+                sums[run][k] += float(v.sum())
+    target = SuffixTarget(prefix_len, rows_t[:, prefix_len:], torch.cat(foils))
+    n = len(rows_t)
+    means = {run: {k: v / n for k, v in d.items()} for run, d in sums.items()}
+    return Runs(clean, corrupted, target, means["clean"], means["corrupted"])
+
+
+def _row_slices(n: int, batch_size: int) -> list[slice]:
+    return [slice(i, min(i + batch_size, n)) for i in range(0, n, max(1, batch_size))]
 
 
 def _cells(site: str, layer: int, n_pos: int, n_heads: int) -> list[tuple[int, int | None, int | None]]:
@@ -199,17 +212,14 @@ def _patch_hook(cells: Sequence[tuple], source: Tensor, n: int):
 
 
 @torch.no_grad()
-def _patched_metrics(model, base: Tensor, source: Tensor, name: str, cells, target: SuffixTarget) -> dict[str, Tensor]:
-    """Metric means per cell, ``{metric: [len(cells)]}``, from one forward of the replicated batch."""
+def _patched_sums(model, base: Tensor, source: Tensor, name: str, cells, target: SuffixTarget) -> dict[str, Tensor]:
+    """Metric sums over rows per cell, ``{metric: [len(cells)]}``, from one forward pass of
+    ``base`` replicated once per cell."""
     n = base.shape[0]
     tokens = base.repeat(len(cells), 1).to(model.cfg.device)
     logits = model.run_with_hooks(tokens, fwd_hooks=[(name, _patch_hook(cells, source, n))])
     big = SuffixTarget(target.prefix_len, target.suffix.repeat(len(cells), 1), target.foil.repeat(len(cells), 1))
-    return {k: v.view(len(cells), n).mean(1).cpu() for k, v in all_metrics(logits, big).items()}
-
-
-def _chunks(xs: list, size: int) -> list[list]:
-    return [xs[i : i + size] for i in range(0, len(xs), size)]
+    return {k: v.view(len(cells), n).sum(1).cpu() for k, v in all_metrics(logits, big).items()}
 
 
 def patch(
@@ -232,17 +242,18 @@ def patch(
     corrupted, normalized``. ``value`` is the patched metric's mean over sequences; ``head`` is
     NA except for ``site == "head"``, whose ``position`` is NA (all positions patched).
     ``component`` is ``L{l}H{h}`` for heads and ``block:L`` otherwise. ``batch_size`` bounds
-    the rows of one forward pass (sequences x cells).
+    the rows of one forward pass (sequences x cells; sequences are chunked when they alone
+    exceed it).
     """
-    runs = runs or prepare_runs(model, rows, prefix_len, n_corrupt=n_corrupt, seed=seed)
+    runs = runs or prepare_runs(model, rows, prefix_len, n_corrupt=n_corrupt, seed=seed, batch_size=batch_size)
     _check_choices(sites_, SITES, "site")
     _check_choices(directions, DIRECTIONS, "direction")
     layers = list(range(int(model.cfg.n_layers))) if layers is None else list(layers)
-    n, n_pos = runs.clean.shape
+    n_pos = runs.clean.shape[1]
     jobs = [(d, s, l) for d in directions for s in sites_ for l in layers]
     records = []
     for direction, site, layer in tqdm(jobs, desc="patching", disable=not progress, leave=False):
-        records.extend(_patch_layer(model, runs, direction, site, layer, n_pos, max(1, batch_size // n)))
+        records.extend(_patch_layer(model, runs, direction, site, layer, n_pos, batch_size))
     return pd.DataFrame.from_records(records).astype({"head": "Int64", "position": "Int64"})
 
 
@@ -252,20 +263,26 @@ def _check_choices(given: Sequence[str], allowed: Sequence[str], what: str) -> N
         raise ValueError(f"unknown {what}(s) {bad}; expected any of {list(allowed)}")
 
 
-def _patch_layer(model, runs: Runs, direction: str, site: str, layer: int, n_pos: int, per_pass: int) -> list[dict]:
+def _patch_layer(model, runs: Runs, direction: str, site: str, layer: int, n_pos: int, batch_size: int) -> list[dict]:
     base, src_tokens = (runs.corrupted, runs.clean) if direction == "denoising" else (runs.clean, runs.corrupted)
     name = site_hook_name(site, layer)
-    _, cache = model.run_with_cache(src_tokens.to(model.cfg.device), names_filter=lambda x: x == name)
-    source = cache[name]
+    cells = _cells(site, layer, n_pos, int(model.cfg.n_heads))
+    sums = {m: torch.zeros(len(cells), dtype=torch.float64) for m in PATCH_METRICS}
+    for rs in _row_slices(len(base), batch_size):
+        _, cache = model.run_with_cache(src_tokens[rs].to(model.cfg.device), names_filter=lambda x: x == name)
+        target = SuffixTarget(runs.target.prefix_len, runs.target.suffix[rs], runs.target.foil[rs])
+        per_pass = max(1, batch_size // len(base[rs]))
+        for start in range(0, len(cells), per_pass):
+            part = _patched_sums(model, base[rs], cache[name], name, cells[start : start + per_pass], target)
+            for m in PATCH_METRICS:
+                sums[m][start : start + per_pass] += part[m].double()
     out = []
-    for cells in _chunks(_cells(site, layer, n_pos, int(model.cfg.n_heads)), per_pass):
-        values = _patched_metrics(model, base, source, name, cells, runs.target)
-        for k, (l, head, pos) in enumerate(cells):
-            comp = sites.head_label(l, head) if head is not None else sites.block_label(l)
-            for metric in PATCH_METRICS:
-                clean, corr = runs.clean_metrics[metric], runs.corrupted_metrics[metric]
-                v = float(values[metric][k])
-                out.append(dict(direction=direction, site=site, layer=l, head=head, position=pos, component=comp,
-                                metric=metric, value=v, clean=clean, corrupted=corr,
-                                normalized=normalize(v, clean, corr, direction)))  # fmt: skip
+    for k, (l, head, pos) in enumerate(cells):
+        comp = sites.head_label(l, head) if head is not None else sites.block_label(l)
+        for metric in PATCH_METRICS:
+            clean, corr = runs.clean_metrics[metric], runs.corrupted_metrics[metric]
+            v = float(sums[metric][k]) / len(base)
+            out.append(dict(direction=direction, site=site, layer=l, head=head, position=pos, component=comp,
+                            metric=metric, value=v, clean=clean, corrupted=corr,
+                            normalized=normalize(v, clean, corr, direction)))  # fmt: skip
     return out

@@ -114,5 +114,9 @@ def test_attribution_correlates_with_exact_patching(bridge, rows):
     assert set(table.columns) == {"method", "direction", "metric", "pearson", "spearman", "n"}
     atp_rows = table[table.method == "attribution_patching"]
     assert len(atp_rows) == 2 and (atp_rows.pearson > 0.8).all()  # 0.96-0.997 on these tiny models
+    chunked = A.attribution_patching(bridge, runs, batch_size=3)  # rows split 3 + 1
+    torch.testing.assert_close(torch.tensor(chunked.estimate.to_numpy()), torch.tensor(atp.estimate.to_numpy()), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.tensor(A.direct_logit_attribution(bridge, rows, PREFIX, batch_size=3).dla.to_numpy()),
+                               torch.tensor(dla.dla.to_numpy()), atol=1e-6, rtol=1e-5)  # fmt: skip
     same = A.compare_to_patching(exact, {"self": exact[exact.site == "head"]})
     assert (same.pearson.round(12) == 1).all() and (same.spearman.round(12) == 1).all()

@@ -58,6 +58,15 @@ def test_uncorrupted_positions_of_the_embedding_do_nothing(setup, patched):
     torch.testing.assert_close(torch.tensor(sel.normalized.to_numpy()), torch.zeros(len(sel), dtype=torch.float64), atol=1e-6, rtol=0)
 
 
+def test_chunking_rows_and_cells_changes_nothing(bridge, setup, patched):
+    rows, runs = setup
+    small = P.prepare_runs(bridge, rows, PREFIX, n_corrupt=2, seed=1, batch_size=3)  # rows split 3 + 1
+    assert small.clean_metrics == pytest.approx(runs.clean_metrics) and torch.equal(small.target.foil, runs.target.foil)
+    chunked = P.patch(bridge, rows, PREFIX, runs=small, sites_=["mlp_out", "head"], directions=["noising"], batch_size=3)
+    ref = patched[patched.site.isin(["head", "mlp_out"]) & (patched.direction == "noising")]
+    torch.testing.assert_close(torch.tensor(chunked["value"].to_numpy()), torch.tensor(ref["value"].to_numpy()), atol=1e-4, rtol=1e-6)
+
+
 def test_gap_is_positive_for_memorized_rows(setup):
     _, runs = setup
     assert runs.clean_metrics["suffix_logprob"] > runs.corrupted_metrics["suffix_logprob"]

@@ -138,13 +138,13 @@ def compute(model, rows, args: argparse.Namespace) -> tuple[pd.DataFrame, dict[s
         heads = localize.head_bypass_sweep(model, rows, P, batch_size=bs, progress=show)
         ranking = localize.rank_by_bypass(heads, base, args.method)
         return ranking, {"heads.parquet": pd.concat([base.assign(config="baseline"), heads], ignore_index=True)}
-    runs = patching.prepare_runs(model, rows, P, n_corrupt=args.n_corrupt, seed=args.seed)
+    runs = patching.prepare_runs(model, rows, P, n_corrupt=args.n_corrupt, seed=args.seed, batch_size=bs)
     if args.method == "patching":
         df = patching.patch(model, rows, P, runs=runs, batch_size=bs * 4, progress=show)
         sel = df[(df.site == "head") & (df.direction == args.direction) & (df.metric == "suffix_logprob")]
         return localize.rank_by_effect(sel, args.method), {"patching.parquet": df}
-    atp = attribution.attribution_patching(model, runs)
-    dla = attribution.direct_logit_attribution(model, rows, P)
+    atp = attribution.attribution_patching(model, runs, batch_size=bs)
+    dla = attribution.direct_logit_attribution(model, rows, P, batch_size=bs)
     exact = patching.patch(model, rows, P, runs=runs, sites_=["head"], batch_size=bs * 4, progress=show)
     corr = attribution.compare_to_patching(exact, {"attribution_patching": atp, "dla": dla})
     ranking = localize.rank_by_effect(atp[atp.direction == args.direction], args.method)
