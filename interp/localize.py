@@ -361,32 +361,55 @@ def knockout(
     general: Sequence[GeneralScore] = (),
     how: str = "bypass",
     batch_size: int = 32,
+    baseline: dict[tuple[str, str], float] | None = None,
 ) -> pd.DataFrame:
     """Knock out ``components`` together; tidy rows ``set, metric, baseline, knocked, drop``.
 
     Sets: ``target`` and ``other`` (memorized rows: exact match and token accuracy) and
     ``general`` (one row per ``GeneralScore``, e.g. ``nll_score`` or ``benchmark_score``).
     ``drop`` is oriented so that positive means worse (memorization lost, ability lost).
+    ``baseline`` (from ``knockout_scores`` with no interventions) saves recomputing it.
     """
-    ivs = knockout_interventions(components, how)
-    records = []
-    for name, rows in (("target", target_rows), ("other", other_rows)):
-        if rows is None or len(rows) == 0:
-            continue
-        base, knocked = evaluate(model, rows, prefix_len, batch_size=batch_size), evaluate(model, rows, prefix_len, ivs, batch_size=batch_size)
-        for m in ("exact_match", "token_accuracy"):
-            b, k = float(base[m].mean()), float(knocked[m].mean())
-            records.append(dict(set=name, metric=m, baseline=b, knocked=k, drop=b - k))
-    for score in general:
-        b, k = score.fn(model, []), score.fn(model, ivs)
-        records.append(dict(set="general", metric=score.name, baseline=b, knocked=k, drop=(b - k) if score.higher_is_better else (k - b)))
+    sets = dict(target_rows=target_rows, other_rows=other_rows, general=general, batch_size=batch_size)
+    base = baseline if baseline is not None else knockout_scores(model, [], prefix_len, **sets)
+    knocked = knockout_scores(model, knockout_interventions(components, how), prefix_len, **sets)
+    better = {s.name: s.higher_is_better for s in general} | {"exact_match": True, "token_accuracy": True}
+    records = [
+        dict(set=name, metric=metric, baseline=base[name, metric], knocked=k,
+             drop=(base[name, metric] - k) if better[metric] else (k - base[name, metric]))
+        for (name, metric), k in knocked.items()
+    ]  # fmt: skip
     df = pd.DataFrame.from_records(records, columns=["set", "metric", "baseline", "knocked", "drop"])
     return df.assign(components=",".join(components), how=how, n_components=len(components))
 
 
-def knockout_curve(model, ranking: pd.DataFrame, ks: Sequence[int], prefix_len: int, **kwargs) -> pd.DataFrame:
-    """``knockout`` of the top-k components of ``ranking`` for each k, stacked with a ``k`` column."""
-    ordered = ranking.sort_values("rank")["component"].tolist()
-    frames = [knockout(model, ordered[:k], prefix_len, **kwargs).assign(k=k) for k in ks]
-    return pd.concat(frames, ignore_index=True).assign(method=ranking["method"].iloc[0])
+def knockout_scores(
+    model,
+    interventions: Sequence[Intervention],
+    prefix_len: int,
+    *,
+    target_rows: np.ndarray,
+    other_rows: np.ndarray | None = None,
+    general: Sequence[GeneralScore] = (),
+    batch_size: int = 32,
+) -> dict[tuple[str, str], float]:
+    """``{(set, metric): value}`` under ``interventions``: mean exact match and token accuracy
+    on the target and other rows, and each general score."""
+    out: dict[tuple[str, str], float] = {}
+    for name, rows in (("target", target_rows), ("other", other_rows)):
+        if rows is not None and len(rows):
+            df = evaluate(model, rows, prefix_len, interventions, batch_size=batch_size)
+            out |= {(name, m): float(df[m].mean()) for m in ("exact_match", "token_accuracy")}
+    for score in general:
+        out["general", score.name] = float(score.fn(model, list(interventions)))
+    return out
 
+
+def knockout_curve(model, ranking: pd.DataFrame, ks: Sequence[int], prefix_len: int, **kwargs) -> pd.DataFrame:
+    """``knockout`` of the top-k components of ``ranking`` for each k (baseline computed once),
+    stacked with ``k`` and ``method`` columns."""
+    ordered = ranking.sort_values("rank")["component"].tolist()
+    sets = {k: v for k, v in kwargs.items() if k in ("target_rows", "other_rows", "general", "batch_size")}
+    base = knockout_scores(model, [], prefix_len, **sets)
+    frames = [knockout(model, ordered[:k], prefix_len, baseline=base, **kwargs).assign(k=k) for k in ks]
+    return pd.concat(frames, ignore_index=True).assign(method=ranking["method"].iloc[0])
