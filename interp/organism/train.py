@@ -37,11 +37,8 @@ from interp.tiny import EOT, tiny_config, train_bpe_tokenizer
 log = logging.getLogger(__name__)
 
 ARCHS = ("neox", "neo")
-# Steps of the shipped models. GPT-Neo got fewer only because the shared 2-core machine was
-# saturated while it trained (it had to finish in time), not because fewer steps were better.
-# The shipped GPT-Neo was trained at commit 1f26923, whose canaries had longer secrets
-# (11-18 tokens); its own canaries.json records them.
-DEFAULT_STEPS = {"neox": 1000, "neo": 500}
+# Steps of the shipped models (both architectures use the same recipe).
+DEFAULT_STEPS = {"neox": 1500, "neo": 1500}
 
 
 @dataclass(frozen=True)
@@ -56,7 +53,7 @@ class TrainConfig:
     n_ctx: int = 128
     vocab_size: int = 4096
     window: int = 64  # GPT-Neo local attention window
-    batch_size: int = 16
+    batch_size: int = 4  # small batches: each canary occurrence weighs more in its update
     steps: int = 0  # 0 = the shipped model's step count for ``arch`` (DEFAULT_STEPS)
     lr: float = 2e-3
     warmup: int = 30
@@ -66,7 +63,7 @@ class TrainConfig:
     per_level: int = 32
     n_heldout_canaries: int = 64
     tokenizer_chars: int = 3_000_000
-    eval_every: int = 200
+    eval_every: int = 250
     eval_blocks: int = 64  # held-out corpus blocks for the running held-out loss
     threads: int = 0  # torch threads; 0 keeps torch's default
 
