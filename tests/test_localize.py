@@ -159,12 +159,10 @@ def test_cli_ranks_the_planted_component_first(planted, run_cli, tmp_path, metho
     assert len(r) == (L if method == "block-bypass" else L * H)
     recall = pd.read_csv(out / "recall.csv")
     expected_top = "block:1" if method == "block-bypass" else PLANTED
-    if method == "attribution":  # first-order: reported, not required to find it (noising AtP can flip sign)
-        assert recall.truth_rank.between(1, len(r)).all()
-    else:
-        assert r.component[0] == expected_top and recall.set_index("k").loc[1, "recall"] == 1
+    assert r.component[0] == expected_top and recall.set_index("k").loc[1, "recall"] == 1
     config = json.loads((out / "config.json").read_text())
     assert config["method"] == method and config["truth"] == PLANTED
+    assert config["direction"] == {"patching": "noising", "attribution": "denoising"}.get(method)
 
 
 def test_cli_knockout_of_the_top_head(planted, run_cli, tmp_path):

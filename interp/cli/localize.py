@@ -3,8 +3,13 @@
 Methods: ``block-bypass`` (the paper's per-block attention bypass; ranked by the drop in exact
 match), ``head-bypass`` (the same per head), ``patching`` (exact per-head activation patching of
 ``z``; ranked by the normalized effect on the suffix log-probability, by default noising, i.e.
-necessity) and ``attribution`` (attribution patching, its first-order estimate; direct logit
-attribution and the correlation of both with exact per-head patching are saved beside it).
+necessity) and ``attribution`` (attribution patching, its first-order estimate, by default
+denoising; direct logit attribution and the correlation of both with exact per-head patching
+are saved beside it). Attribution ranks by denoising because noising linearizes at the clean
+run, where a memorized suffix is predicted with probability near 1 and the gradient of its
+log-probability says little about a large corruption: on our tiny models with planted or
+fine-tuned ground truth, noising estimates correlated with exact noising from -0.85 to 0.96,
+denoising estimates with exact denoising from 0.80 to 0.999.
 
 Writes ``ranking.csv`` (``method,component,score,rank``; rank 1 = most responsible), the raw
 results of the method (``sequences.parquet``, ``heads.parquet``, ``patching.parquet`` or
@@ -45,8 +50,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--n-corrupt", type=int, help="prefix tokens replaced in the corrupted run (default: a quarter)")
     p.add_argument("--seed", type=int, default=0, help="seed of the corruption (default 0)")
-    p.add_argument("--direction", choices=patching.DIRECTIONS, default="noising",
-                   help="patching/attribution direction used for the ranking (default: noising)")  # fmt: skip
+    p.add_argument("--direction", choices=patching.DIRECTIONS,
+                   help="direction used for the ranking (default: noising for patching, denoising for attribution)")  # fmt: skip
     p.add_argument("--truth", help="true component ('block:L' or 'L{l}H{h}') for Recall@k (default: from manifest.json)")
     p.add_argument("--knockout", help="comma-separated K: knock out the top-K components together (e.g. 1,3)")
     p.add_argument("--knockout-how", choices=("bypass", "zero"), default="bypass", help="attention bypass or zero ablation")
@@ -59,7 +64,11 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+DEFAULT_DIRECTION = {"patching": "noising", "attribution": "denoising"}
+
+
 def _check_args(args: argparse.Namespace) -> None:
+    args.direction = args.direction or DEFAULT_DIRECTION.get(args.method)
     if args.n_corrupt is not None and not 1 <= args.n_corrupt <= args.prefix_len:
         raise InputError(f"--n-corrupt must be within 1..--prefix-len ({args.prefix_len}); got {args.n_corrupt}")
     if args.batch_size < 1:
