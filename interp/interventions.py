@@ -66,11 +66,12 @@ def _components_label(layers: tuple[int, ...], heads: tuple[int, ...] | None, pr
 
 
 @dataclass(frozen=True)
-class AttentionBypass:
-    """Identity attention (``z := v``) in ``layers``; all heads, or only ``heads`` in each layer."""
+class _Components:
+    """Blocks ``layers`` (an int or a sequence), all heads or only ``heads`` in each of them."""
 
     layers: tuple[int, ...]
     heads: tuple[int, ...] | None = None
+    _prefix = ""
 
     def __init__(self, layers: int | Sequence[int], heads: int | Sequence[int] | None = None):
         object.__setattr__(self, "layers", _tuple(layers))
@@ -78,10 +79,18 @@ class AttentionBypass:
 
     @property
     def label(self) -> str:
-        return _components_label(self.layers, self.heads, "")
+        return _components_label(self.layers, self.heads, self._prefix)
+
+    def _checked(self, model) -> None:
+        _check_components(model, self.layers, self.heads, type(self).__name__)
+
+
+@dataclass(frozen=True, init=False)
+class AttentionBypass(_Components):
+    """Identity attention (``z := v``) in ``layers``; all heads, or only ``heads`` in each layer."""
 
     def hooks(self, model) -> list[Hook]:
-        _check_components(model, self.layers, self.heads, "AttentionBypass")
+        self._checked(model)
         out: list[Hook] = []
         for layer in self.layers:
             out.extend(_bypass_hooks(layer, self.heads))
@@ -105,24 +114,15 @@ def _bypass_hooks(layer: int, heads: tuple[int, ...] | None) -> list[Hook]:
     return [(sites.v(layer), keep_v), (sites.z(layer), z_to_v)]
 
 
-@dataclass(frozen=True)
-class ZeroAblation:
+@dataclass(frozen=True, init=False)
+class ZeroAblation(_Components):
     """Zero the attention sublayer output of ``layers`` (``hook_attn_out := 0``, bias included),
     or, with ``heads``, only those heads' ``z`` (their contribution through W_O vanishes)."""
 
-    layers: tuple[int, ...]
-    heads: tuple[int, ...] | None = None
-
-    def __init__(self, layers: int | Sequence[int], heads: int | Sequence[int] | None = None):
-        object.__setattr__(self, "layers", _tuple(layers))
-        object.__setattr__(self, "heads", _tuple(heads))
-
-    @property
-    def label(self) -> str:
-        return _components_label(self.layers, self.heads, "zero:")
+    _prefix = "zero:"
 
     def hooks(self, model) -> list[Hook]:
-        _check_components(model, self.layers, self.heads, "ZeroAblation")
+        self._checked(model)
         if self.heads is None:
             return [(sites.attn_out(layer), _set_to(0.0)) for layer in self.layers]
         return [(sites.z(layer), _set_heads_to(self.heads, None)) for layer in self.layers]
