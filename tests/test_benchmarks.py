@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from interp import benchmarks as B
-from interp import cli
+from interp.cli import main
 from interp import tasks as T
 from interp.errors import InputError
 from interp.interventions import AttentionBypass
@@ -234,16 +234,6 @@ def test_encode_pair_matches_lm_eval_when_installed(tiny):
 
 
 # ---------------------------------------------------------------- CLI
-
-
-def main(argv: list[str]) -> int:
-    """``interp`` CLI with ``bench`` registered (until ``interp.cli.SUBCOMMANDS`` lists it)."""
-    saved = cli.SUBCOMMANDS
-    cli.SUBCOMMANDS = list(dict.fromkeys([*saved, "bench"]))
-    try:
-        return cli.main(argv)
-    finally:
-        cli.SUBCOMMANDS = saved
 
 
 @pytest.fixture(scope="module")
