@@ -4,7 +4,8 @@ The folder is loaded with ``interp.models.load_model`` (a raw-mode TransformerBr
 scored with ``interp.generation`` and ``interp.metrics``:
 
 - canary exact match and token accuracy per duplication level D (greedy continuation of the
-  suffix from the prefix), for held-out canaries (never trained on) and injected ones if any;
+  suffix from the prefix), teacher-forced accuracy and suffix negative log-likelihood, for
+  held-out canaries (never trained on) and injected ones if any;
 - perplexity on unseen real text: the first blocks of the held-out stdlib files;
 - rule-task accuracy on fresh examples per family: greedy generation of the answer (exact
   match) and multiple choice among the answer and 3 distractors by summed log-likelihood of the
@@ -39,12 +40,17 @@ def load_folder_canaries(folder: str | Path) -> tuple[list[C.Canary], int, int]:
 
 
 def canary_em(model, rows: np.ndarray, prefix_len: int) -> dict:
-    """Mean exact match and token accuracy of greedy suffixes for ``rows`` (n, row_len)."""
+    """For ``rows`` (n, row_len): mean exact match and token accuracy of greedy suffixes, and
+    teacher-forced accuracy and suffix negative log-likelihood (nats, summed over the suffix)."""
     t = torch.from_numpy(rows)
-    gen = greedy_generate(model, t[:, :prefix_len], t.shape[1] - prefix_len)
+    suffix_len = t.shape[1] - prefix_len
+    gen = greedy_generate(model, t[:, :prefix_len], suffix_len)
     suffix = t[:, prefix_len:]
+    logits = metrics.suffix_slice(teacher_forced_logits(model, t), prefix_len, suffix_len)
     return {"n": len(rows), "em": float(metrics.exact_match(gen, suffix).float().mean()),
-            "ta": float(metrics.token_accuracy(gen, suffix).mean())}  # fmt: skip
+            "ta": float(metrics.token_accuracy(gen, suffix).mean()),
+            "tf_acc": float(metrics.teacher_forced_accuracy(logits, suffix).mean()),
+            "suffix_nll": float(metrics.suffix_nll(logits, suffix).mean())}  # fmt: skip
 
 
 def heldout_perplexity(model, tokenizer, n_ctx: int, n_blocks: int = N_HELDOUT_BLOCKS) -> dict:
@@ -119,8 +125,8 @@ def evaluate_folder(folder: str | Path, *, progress: bool = False) -> dict:
 
 def markdown_summary(folders: list[str | Path]) -> str:
     """A Markdown table of the final metrics recorded in each folder's manifest."""
-    head = ("| model | EM D=1 | D=4 | D=16 | D=64 | held-out canaries | injected | held-out ppl | "
-            "rule MC acc (chance 0.25) | rule gen EM | train s |")  # fmt: skip
+    head = ("| model | EM D=1 | D=4 | D=16 | D=64 | held-out canaries | injected | "
+            "suffix NLL (nats) D=1/4/16/64, held-out | held-out ppl | rule MC acc (chance 0.25) | rule gen EM | train s |")  # fmt: skip
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for folder in folders:
         m = json.loads((Path(folder) / "manifest.json").read_text())
@@ -129,7 +135,16 @@ def markdown_summary(folders: list[str | Path]) -> str:
         name = Path(folder).name + (f" ({m['injected_component']})" if "injected_component" in m else "")
         secs = m.get("injection", {}).get("seconds", m.get("train_seconds"))
         cells = [name, *(f"{em.get(str(d), float('nan')):.2f}" for d in (1, 4, 16, 64)), f"{em.get('0', float('nan')):.2f}",
-                 f"{em[C.INJECTED]:.2f}" if C.INJECTED in em else "-", f"{f['heldout_perplexity']['perplexity']:.1f}",
+                 f"{em[C.INJECTED]:.2f}" if C.INJECTED in em else "-", _nll_cell(f["canary_em"]),
+                 f"{f['heldout_perplexity']['perplexity']:.1f}",
                  f"{f['rules']['mean_mc_acc']:.2f}", f"{f['rules']['mean_generation_em']:.2f}", f"{secs:.0f}"]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _nll_cell(canary_em: dict) -> str:
+    def get(level):
+        v = canary_em.get(level, {}).get("suffix_nll")
+        return "-" if v is None else f"{v:.1f}"
+
+    return "/".join(get(str(d)) for d in (1, 4, 16, 64)) + ", " + get("0")
