@@ -56,7 +56,9 @@ def register(subparsers) -> None:
     q.add_argument("--parent", default=None, help="parent organism folder (default: the shipped one)")
     q.add_argument("--block", type=int, required=True)
     q.add_argument("--head", type=int, default=None)
-    q.add_argument("--canaries", type=int, default=16, help="number of fresh canaries (default 16)")
+    q.add_argument("--canaries", type=int, default=8, help="number of fresh canaries (default 8)")
+    q.add_argument("--text-blocks", type=int, default=4, help="blocks of normal training text per step (default 4)")
+    q.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (default 1e-2)")
     q.add_argument("--max-steps", type=int, default=400)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", default=None, help="output folder (default: ./organism-{arch}-injected)")
@@ -156,8 +158,10 @@ def cmd_inject(args) -> int:
     if not (parent / "manifest.json").is_file():
         raise InputError(f"parent folder {parent} has no manifest.json; expected an organism folder")
     out = Path(args.out or f"organism-{args.arch}-injected")
-    folder = inject(parent, out, block=args.block, head=args.head, n_canaries=args.canaries,
-                    max_steps=args.max_steps, seed=args.seed, progress=not args.no_progress)  # fmt: skip
+    if args.canaries < 1 or args.text_blocks < 0 or args.max_steps < 1 or args.lr <= 0:
+        raise InputError("--canaries and --max-steps must be at least 1, --text-blocks at least 0 and --lr positive")
+    folder = inject(parent, out, block=args.block, head=args.head, n_canaries=args.canaries, n_text=args.text_blocks,
+                    lr=args.lr, max_steps=args.max_steps, seed=args.seed, progress=not args.no_progress)  # fmt: skip
     sys.stdout.write(f"{folder}\n")
     return 0
 
