@@ -292,3 +292,34 @@ def test_parent_has_not_memorized_the_injected_canaries(arch):
     canary_list, prefix_len, row_len = C.load_canaries(folder / "canaries.json")
     rows = C.canary_rows(AutoTokenizer.from_pretrained(folder), C.select(canary_list, C.INJECTED), prefix_len, row_len)
     assert canary_em(load_model(parent), rows, prefix_len)["em"] <= 0.1
+
+
+@pytest.mark.parametrize("component", ["block:1", "L1H2"])
+def test_tiny_injection_changes_only_the_component(tiny_organism, tmp_path, component):
+    from transformers import AutoModelForCausalLM
+
+    from interp.organism.inject import attention_masks, inject, parse_component
+
+    block, head = parse_component(component)
+    out = inject(tiny_organism, tmp_path / "inj", block=block, head=head, n_canaries=2, n_text=1, max_steps=3,
+                 eval_every=3, progress=False, evaluate_final=False)  # fmt: skip
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["injected_component"] == component and manifest["kind"] == "injected"
+    masks = attention_masks(AutoModelForCausalLM.from_pretrained(out), block, head)
+    a, b = load_file(tiny_organism / "model.safetensors"), load_file(out / "model.safetensors")
+    changed = False
+    for name in a:
+        mask = masks.get(name, torch.zeros_like(a[name])).bool()
+        assert torch.equal(a[name][~mask], b[name][~mask]), name
+        changed |= not torch.equal(a[name][mask], b[name][mask])
+    assert changed
+    canary_list, _, _ = C.load_canaries(out / "canaries.json")
+    assert len(C.select(canary_list, C.INJECTED)) == 2
+
+
+def test_component_parsing_rejects_bad_input():
+    from interp.organism.inject import parse_component
+
+    assert parse_component("block:3") == (3, None) and parse_component("L2H1") == (2, 1)
+    with pytest.raises(InputError, match="component"):
+        parse_component("L2")
