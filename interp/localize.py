@@ -8,9 +8,9 @@
   exactly iff every teacher-forced argmax on the true row is right; otherwise the free-running
   and teacher-forced runs agree up to the first mismatch j, so generation is needed only after
   it, and only for those rows (the rule of ``interp.memorization.greedy_from_teacher_forcing``,
-  which also decodes near-tie rows in full); the rows of all heads of a layer that resume at the
-  same position are decoded in one batch, each row with its own head bypassed. The result
-  equals ``interp.memorization.evaluate`` per head (tested).
+  which also decodes near-tie rows in full); the open rows of all heads are decoded together,
+  each row with its own head bypassed (``RowHeadBypass``). The result equals
+  ``interp.memorization.evaluate`` per head (tested).
 - Rankings: a tidy table ``method, component, score, rank`` (rank 1 = most responsible).
 - Ground truth, after Chang, Thomason and Jia, "Do Localization Methods Actually Localize
   Memorized Data in LLMs? A Tale of Two Benchmarks" (NAACL 2024): Recall@k of the injected
@@ -102,31 +102,40 @@ def _tf_stats(suffix_logits: Float[Tensor, "batch T vocab"], suffix: Int[Tensor,
 
 @dataclass(frozen=True)
 class RowHeadBypass:
-    """Attention bypass (``z := v``) of one head per batch row: row b bypasses head ``heads[b]``
-    of ``layer``. Decodes many single-head configurations in one batch; the batch must have
-    exactly ``len(heads)`` rows (pass ``batch_size=len(heads)`` to ``greedy_generate``)."""
+    """Attention bypass (``z := v``) of one head per batch row: row b bypasses head
+    ``heads[b]`` of block ``layers[b]``. Decodes many single-head configurations in one batch;
+    the batch must have exactly ``len(heads)`` rows (pass ``batch_size=len(heads)`` to
+    ``greedy_generate``)."""
 
-    layer: int
+    layers: tuple[int, ...]
     heads: tuple[int, ...]
 
     @property
     def label(self) -> str:
-        return f"rowwise-bypass:L{self.layer}"
+        return "rowwise-bypass"
 
     def hooks(self, model) -> list[Hook]:
-        store: dict[str, Tensor] = {}
-        rows, heads = torch.arange(len(self.heads)), torch.tensor(self.heads)
+        layers, heads = torch.tensor(self.layers), torch.tensor(self.heads)
+        out: list[Hook] = []
+        for layer in sorted(set(self.layers)):
+            rows = (layers == layer).nonzero().squeeze(1)
+            out.extend(_rows_bypass_hooks(layer, rows, heads[rows]))
+        return out
 
-        def keep_v(v: Float[Tensor, "batch kpos head d_head"], hook) -> None:
-            store["v"] = v
 
-        def z_to_v(z: Float[Tensor, "batch qpos head d_head"], hook) -> Tensor:
-            v = store.pop("v")[:, -z.shape[1] :].to(z.dtype)
-            z = z.clone()
-            z[rows, :, heads] = v[rows, :, heads]
-            return z
+def _rows_bypass_hooks(layer: int, rows: Tensor, heads: Tensor) -> list[Hook]:
+    store: dict[str, Tensor] = {}
 
-        return [(sites.v(self.layer), keep_v), (sites.z(self.layer), z_to_v)]
+    def keep_v(v: Float[Tensor, "batch kpos head d_head"], hook) -> None:
+        store["v"] = v
+
+    def z_to_v(z: Float[Tensor, "batch qpos head d_head"], hook) -> Tensor:
+        v = store.pop("v")[:, -z.shape[1] :].to(z.dtype)
+        z = z.clone()
+        z[rows, :, heads] = v[rows, :, heads]
+        return z
+
+    return [(sites.v(layer), keep_v), (sites.z(layer), z_to_v)]
 
 
 def decode_plan(suffix: Int[Tensor, "batch T"], tf: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
@@ -146,22 +155,32 @@ def decode_plan(suffix: Int[Tensor, "batch T"], tf: dict[str, Tensor]) -> tuple[
 
 
 def every_head_greedy(
-    model, tokens: Int[Tensor, "batch row"], prefix_len: int, layer: int, stats: list[dict[str, Tensor]], *, batch_size: int = 32
+    model,
+    tokens: Int[Tensor, "batch row"],
+    prefix_len: int,
+    configs: Sequence[tuple[int, int]],
+    stats: Sequence[dict[str, Tensor]],
+    *,
+    batch_size: int = 32,
 ) -> list[Int[Tensor, "batch T"]]:
-    """Greedy continuations with each head of ``layer`` bypassed in turn, decoding only what
-    teacher forcing leaves open, with rows of all heads that resume at the same position
-    decoded together (``RowHeadBypass``)."""
+    """Greedy continuations with each (layer, head) of ``configs`` bypassed in turn, decoding
+    only what teacher forcing (``stats``, one per config) leaves open. The open rows of all
+    configs are sorted by where they resume and decoded together in chunks (``RowHeadBypass``),
+    each chunk from its earliest resume position: decoding a known stretch again reproduces it,
+    since those tokens are the greedy ones (near-ties are decoded from the prefix anyway)."""
     suffix = tokens[:, prefix_len:]
     T = suffix.shape[1]
     plans = [decode_plan(suffix, tf) for tf in stats]
-    gens = torch.stack([g for g, _, _ in plans])  # [head batch T]
-    todo = [(h, i, int(start[i])) for h, (_, start, need) in enumerate(plans) for i in need.nonzero().squeeze(1).tolist()]
-    for k in sorted({s for _, _, s in todo}):
-        for chunk in _chunks([(h, i) for h, i, s in todo if s == k], batch_size):
-            hs, rs = torch.tensor([h for h, _ in chunk]), torch.tensor([i for _, i in chunk])
-            context = torch.cat([tokens[rs, :prefix_len], gens[hs, rs, :k]], dim=1)
-            iv = RowHeadBypass(layer, tuple(hs.tolist()))
-            gens[hs, rs, k:] = greedy_generate(model, context, T - k, [iv], batch_size=len(chunk))
+    gens = torch.stack([g for g, _, _ in plans])  # [config batch T]
+    todo = sorted(
+        (int(start[i]), c, i) for c, (_, start, need) in enumerate(plans) for i in need.nonzero().squeeze(1).tolist()
+    )
+    for chunk in _chunks(todo, batch_size):
+        k = chunk[0][0]
+        cs, rs = torch.tensor([c for _, c, _ in chunk]), torch.tensor([i for _, _, i in chunk])
+        context = torch.cat([tokens[rs, :prefix_len], gens[cs, rs, :k]], dim=1)
+        iv = RowHeadBypass(tuple(configs[c][0] for c in cs.tolist()), tuple(configs[c][1] for c in cs.tolist()))
+        gens[cs, rs, k:] = greedy_generate(model, context, T - k, [iv], batch_size=len(chunk))
     return list(gens)
 
 
@@ -205,14 +224,16 @@ def head_bypass_sweep(
     tokens = torch.as_tensor(np.asarray(rows), dtype=torch.long)
     H = int(model.cfg.n_heads)
     layers = range(int(model.cfg.n_layers)) if layers is None else layers
-    frames = []
+    configs, stats = [], []
     for layer in tqdm(list(layers), desc="head bypass", disable=not progress, leave=False):
         AttentionBypass(layer).hooks(model)  # validates the layer
-        stats = every_head_tf_stats(model, tokens, prefix_len, layer, batch_size=batch_size)
-        gens = every_head_greedy(model, tokens, prefix_len, layer, stats, batch_size=batch_size)
-        for h, (tf, gen) in enumerate(zip(stats, gens)):
-            df = metrics_frame(gen, tf, tokens[:, prefix_len:], n_samples)
-            frames.append(df.assign(config=sites.head_label(layer, h), layer=layer, head=h))
+        stats += every_head_tf_stats(model, tokens, prefix_len, layer, batch_size=batch_size)
+        configs += [(layer, h) for h in range(H)]
+    gens = every_head_greedy(model, tokens, prefix_len, configs, stats, batch_size=batch_size)
+    frames = [
+        metrics_frame(gen, tf, tokens[:, prefix_len:], n_samples).assign(config=sites.head_label(l, h), layer=l, head=h)
+        for (l, h), tf, gen in zip(configs, stats, gens)
+    ]
     out = pd.concat(frames, ignore_index=True)
     return out[["config", "layer", "head", *[c for c in out.columns if c not in ("config", "layer", "head")]]]
 

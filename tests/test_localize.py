@@ -60,10 +60,10 @@ def test_head_sweep_equals_evaluate_for_every_head(bridge, mixed_rows):
 def test_row_head_bypass_bypasses_each_rows_own_head(bridge, rows):
     from interp.generation import teacher_forced_logits
 
-    heads = (0, 3, 1, 1, 2)
-    ours = teacher_forced_logits(bridge, rows, [Lz.RowHeadBypass(1, heads)], batch_size=len(heads))
-    for b, h in enumerate(heads):
-        ref = teacher_forced_logits(bridge, rows[b : b + 1], [AttentionBypass(1, heads=[h])])
+    layers, heads = (1, 0, 1, 2, 1), (0, 3, 1, 1, 2)
+    ours = teacher_forced_logits(bridge, rows, [Lz.RowHeadBypass(layers, heads)], batch_size=len(heads))
+    for b, (l, h) in enumerate(zip(layers, heads)):
+        ref = teacher_forced_logits(bridge, rows[b : b + 1], [AttentionBypass(l, heads=[h])])
         torch.testing.assert_close(ours[b : b + 1], ref, atol=2e-5, rtol=0)
 
 
