@@ -153,13 +153,13 @@ def language_task(name: str, docs: list[tuple[str, str]], n: int = N_ITEMS) -> l
     items: list[Item] = []
     seen: set[str] = set()
     for _ in range(200 * n):
-        if len(items) == n:
-            return items
         item = make(rng.choice(docs)[1], rng)
         key = json.dumps(item, sort_keys=True) if item else ""
         if item and key not in seen:
             seen.add(key)
             items.append(item)
+        if len(items) == n:
+            return items
     raise ValueError(f"could not draw {n} distinct {name} items from {len(docs)} documents")
 
 
