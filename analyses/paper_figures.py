@@ -6,7 +6,7 @@ Compute, then draw. For each model the script runs ``interp bench --with-memoriz
 ``results/paper/<config-hash>/`` (reused when already there) and then draws from the saved
 ``joined.csv`` tables only.
 
-    # default: both shipped organisms, their memorized canaries, the built-in tasks
+    # default: both shipped organisms, their trained canaries, the built-in tasks
     python analyses/paper_figures.py
     # a real model with its weights in the HF cache or a local folder
     python analyses/paper_figures.py --model EleutherAI/pythia-1.4b --data pythia14b_mem.npy \\
@@ -28,17 +28,20 @@ ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("paper_figures")
 
 
-def organism_memorized_set(arch: str, out_dir: Path) -> tuple[Path, int]:
-    """All trained canaries of the organism (every duplication level) that the unmodified
-    model reproduces exactly: the organism's memorized set."""
+def organism_canary_set(arch: str, out_dir: Path) -> tuple[Path, int]:
+    """The organism's trained canaries, every duplication level (1, 4, 16, 64), as token rows.
+
+    These are the rows the organism was trained to memorize. They are used as they are, not
+    mined down to the rows the model reproduces, so that a weak organism shows up as a low
+    exact match in the figures instead of an empty set (``interp.data.mine_memorized`` mines a
+    memorized set from candidates for real models).
+    """
     import numpy as np
 
     from interp.cli import main as cli
-    from interp.data import mine_memorized
-    from interp.models import load_model
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"memorized-{arch}.npy"
+    path = out_dir / f"canaries-{arch}.npy"
     meta = path.with_suffix(".json")
     if path.exists() and meta.exists():
         return path, json.loads(meta.read_text())["prefix_len"]
@@ -49,11 +52,8 @@ def organism_memorized_set(arch: str, out_dir: Path) -> tuple[Path, int]:
             raise SystemExit(f"could not export the {arch} organism's canaries")
         rows.append(np.load(part))
         prefix_len = json.loads(part.with_suffix(".json").read_text())["prefix_len"]
-    kept, _ = mine_memorized(load_model(f"organism:{arch}"), np.concatenate(rows), prefix_len)
-    if len(kept) == 0:
-        raise SystemExit(f"the {arch} organism reproduces none of its canaries: no memorized set")
-    np.save(path, kept)
-    meta.write_text(json.dumps({"prefix_len": prefix_len, "n_rows": len(kept)}))
+    np.save(path, np.concatenate(rows))
+    meta.write_text(json.dumps({"prefix_len": prefix_len, "n_rows": int(sum(len(r) for r in rows)), "levels": [1, 4, 16, 64]}))
     return path, prefix_len
 
 
@@ -89,7 +89,7 @@ def draw(tables: dict[str, pd.DataFrame], out: Path, x_task: str | None) -> list
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", action="append", help="model (repeatable); default: organism:neox and organism:neo")
-    p.add_argument("--data", action="append", help="memorized rows per --model (.npy); default: the organism's canaries")
+    p.add_argument("--data", action="append", help="memorized rows per --model (.npy); default: the organism's trained canaries")
     p.add_argument("--prefix-len", type=int, help="prefix length of --data rows")
     p.add_argument("--tasks", help="benchmark tasks for interp bench (default: the built-in tasks)")
     p.add_argument("--x-task", help="task on the x axis (default: mean accuracy over the tasks)")
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.data:
             data, prefix_len = Path(args.data[i]), args.prefix_len
         else:
-            data, prefix_len = organism_memorized_set(model.split(":", 1)[1], results / "data")
+            data, prefix_len = organism_canary_set(model.split(":", 1)[1], results / "data")
         folder = run_bench(model, data, prefix_len, args.tasks, results, not args.no_progress)
         tables[model] = pd.read_csv(folder / "joined.csv")
     for path in draw(tables, Path(args.out), args.x_task):

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
     paper_tables, theory, localize = {}, {}, {}
     for arch in archs:
-        data, prefix_len = paper_figures.organism_memorized_set(arch, results / "paper" / "data")
+        data, prefix_len = paper_figures.organism_canary_set(arch, results / "paper" / "data")
         folder = paper_figures.run_bench(f"organism:{arch}", data, prefix_len, None, results / "paper", not args.no_progress)
         paper_tables[f"organism:{arch}"] = pd.read_csv(folder / "joined.csv")
         theory[arch] = theory_step(arch, data, prefix_len, results, progress)
