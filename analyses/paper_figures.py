@@ -57,18 +57,21 @@ def organism_canary_set(arch: str, out_dir: Path) -> tuple[Path, int]:
     return path, prefix_len
 
 
-def run_bench(model: str, data: Path, prefix_len: int, tasks: str | None, results: Path, progress: bool) -> Path:
+def run_bench(
+    model: str, data: Path, prefix_len: int, tasks: str | None, results: Path, progress: bool, limit: int | None = None
+) -> Path:
     from interp.cli import main as cli
     from interp.results import config_hash
 
     key = config_hash({"analysis": "paper", "model": model, "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
-                       "prefix_len": prefix_len, "tasks": tasks})  # fmt: skip
+                       "prefix_len": prefix_len, "tasks": tasks, "limit": limit})  # fmt: skip
     out = results / key
     if (out / "joined.csv").exists():
         log.info("reusing %s for %s", out, model)
         return out
     args = ["bench", "--model", model, "--out", str(out), "--with-memorization", str(data), "--prefix-len", str(prefix_len)]
     args += ["--tasks", tasks] if tasks else []
+    args += ["--limit", str(limit), "--batch-size", "64"] if limit else ["--batch-size", "64"]
     args += [] if progress else ["--no-progress"]
     if cli(args) != 0:
         raise SystemExit(f"interp bench failed for {model}")
@@ -93,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefix-len", type=int, help="prefix length of --data rows")
     p.add_argument("--tasks", help="benchmark tasks for interp bench (default: the built-in tasks)")
     p.add_argument("--x-task", help="task on the x axis (default: mean accuracy over the tasks)")
+    p.add_argument("--limit", type=int, help="score only the first N items of each task")
     p.add_argument("--results", default=str(ROOT / "results" / "paper"))
     p.add_argument("--out", default=str(ROOT / "figures" / "paper"))
     p.add_argument("--no-progress", action="store_true")
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             data, prefix_len = Path(args.data[i]), args.prefix_len
         else:
             data, prefix_len = organism_canary_set(model.split(":", 1)[1], results / "data")
-        folder = run_bench(model, data, prefix_len, args.tasks, results, not args.no_progress)
+        folder = run_bench(model, data, prefix_len, args.tasks, results, not args.no_progress, args.limit)
         tables[model] = pd.read_csv(folder / "joined.csv")
     for path in draw(tables, Path(args.out), args.x_task):
         log.info("wrote %s", path)

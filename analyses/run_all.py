@@ -101,12 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=str(ROOT / "results"))
     p.add_argument("--figures", default=str(ROOT / "figures"))
     p.add_argument("--archs", default=",".join(ARCHS))
+    p.add_argument("--limit", type=int, default=50,
+                   help="items per benchmark task (default 50, to keep the job near 15 minutes on 2 cores; 0 = all)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     start = time.monotonic()
     results, figures = Path(args.results), Path(args.figures)
     archs = args.archs.split(",")
+    args.limit = args.limit or None
     progress = ["--no-progress"] if args.no_progress else []
 
     import paper_figures
@@ -114,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     paper_tables, theory, localize = {}, {}, {}
     for arch in archs:
         data, prefix_len = paper_figures.organism_canary_set(arch, results / "paper" / "data")
-        folder = paper_figures.run_bench(f"organism:{arch}", data, prefix_len, None, results / "paper", not args.no_progress)
+        folder = paper_figures.run_bench(f"organism:{arch}", data, prefix_len, None, results / "paper",
+                                         not args.no_progress, limit=args.limit)  # fmt: skip
         paper_tables[f"organism:{arch}"] = pd.read_csv(folder / "joined.csv")
         theory[arch] = theory_step(arch, data, prefix_len, results, progress)
         localize[arch] = localize_step(arch, results, progress)

@@ -299,3 +299,19 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, neox_folder, extra, 
     assert not out.exists()
     errors = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]
     assert len(errors) == 1 and errors[0].startswith("interp bench: error:")
+
+
+def test_bench_limit_scores_only_the_first_items(tmp_path, tiny_dirs):
+    import json as _json
+
+    from interp.cli import main as _main
+
+    task = tmp_path / "t.jsonl"
+    task.write_text("".join(_json.dumps({"context": f"a{i} =", "choices": [" 1", " 2"], "gold": i % 2}) + "\n" for i in range(5)))
+    out = tmp_path / "out"
+    assert _main(["bench", "--model", str(tiny_dirs["neox"]), "--tasks", str(task), "--blocks", "0", "--limit", "3",
+                  "--out", str(out), "--no-progress"]) == 0  # fmt: skip
+    config = _json.loads((out / "config.json").read_text())
+    assert config["limit"] == 3 and config["tasks"]["t"]["n_items"] == 3
+    assert _main(["bench", "--model", str(tiny_dirs["neox"]), "--tasks", str(task), "--limit", "0",
+                  "--out", str(tmp_path / "bad"), "--no-progress"]) == 2  # fmt: skip

@@ -12,6 +12,7 @@ length). Scoring follows lm-evaluation-harness (see ``interp.benchmarks``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -37,6 +38,7 @@ def register(sub) -> None:
     p.add_argument("--prefix-len", type=int, help="prompt tokens of each memorized row (with --with-memorization)")
     p.add_argument("--perplexity", metavar="FILES", help="comma-separated UTF-8 text files: adds perplexity.csv")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--limit", type=int, help="score only the first N items of each task (as lm-eval's --limit)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
@@ -44,6 +46,8 @@ def register(sub) -> None:
 def _check_args(args: argparse.Namespace) -> None:
     if (args.with_memorization is None) != (args.prefix_len is None):
         raise InputError("--with-memorization and --prefix-len must be given together")
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit must be at least 1; got {args.limit}")
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1; got {args.batch_size}")
     if Path(args.out).exists() and not Path(args.out).is_dir():
@@ -53,6 +57,8 @@ def _check_args(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
     tasks = resolve_tasks(args.tasks)
+    if args.limit is not None:
+        tasks = [dataclasses.replace(t, items=t.items[: args.limit]) for t in tasks]
     blocks = parse_int_list(args.blocks, "--blocks")
     texts = _load_texts(args.perplexity)
     model = load_model(args.model, device=args.device)
@@ -111,6 +117,7 @@ def _config(args: argparse.Namespace, model, tasks, configs) -> dict:
         "tasks": {t.name: {"kind": t.kind, "n_items": len(t.items)} for t in tasks},
         "configs": list(configs),
         "batch_size": args.batch_size,
+        "limit": args.limit,
         "perplexity": args.perplexity,
     }
     if args.with_memorization is not None:
