@@ -77,21 +77,24 @@ def summary_table(paper_tables: dict[str, pd.DataFrame], theory: dict[str, Path]
         arch = model.split(":", 1)[1]
         base = joined[joined.config == "baseline"].iloc[0]
         blocks = joined[joined.config != "baseline"]
-        worst = blocks.loc[blocks.exact_match.idxmin()]
+        low_ta = blocks.loc[blocks.token_accuracy.idxmin()]
+        low_acc = blocks.loc[blocks.acc_mean.idxmin()]
         theory_summary = pd.read_csv(theory[arch] / "summary.csv") if arch in theory else None
         recall = {}
         for folder in localize.get(arch, []):
             if (folder / "recall.csv").exists():
                 r = pd.read_csv(folder / "recall.csv")
-                recall[folder.name] = r.loc[r.k == r.k.min(), "recall"].iloc[0] if "recall" in r else None
+                recall[f"Recall@1 {folder.name}"] = float(r.loc[r.k == r.k.min(), "recall"].iloc[0])
         rows.append({
             "model": model,
-            "EM original": round(float(base.exact_match), 3),
-            "EM min (block)": f"{worst.exact_match:.3f} ({worst.config})",
-            "acc original": round(float(base.acc_mean), 3),
-            "acc at EM-min block": round(float(worst.acc_mean), 3),
-            "bound violations": None if theory_summary is None else int(theory_summary.filter(like="violation").sum().sum()),
-            **{f"Recall@1 {k}": v for k, v in recall.items()},
+            "EM": round(float(base.exact_match), 3),
+            "TA": round(float(base.token_accuracy), 3),
+            "TA min (block)": f"{low_ta.token_accuracy:.3f} ({low_ta.config})",
+            "CE": round(float(base.completion_entropy), 1),
+            "acc": round(float(base.acc_mean), 3),
+            "acc min (block)": f"{low_acc.acc_mean:.3f} ({low_acc.config})",
+            "bound violations": None if theory_summary is None else int(theory_summary.filter(like="viol").sum().sum()),
+            **recall,
         })  # fmt: skip
     return pd.DataFrame(rows)
 
