@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.collections import PathCollection  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
@@ -45,7 +46,7 @@ def with_mean_accuracy(joined: pd.DataFrame) -> pd.DataFrame:
     return joined.assign(acc_mean=joined[tasks].mean(axis=1))
 
 
-def scatter_panel(ax, joined: pd.DataFrame, metric: str, acc_col: str, *, n_blocks: int, cmap: str = "viridis") -> None:
+def scatter_panel(ax, joined: pd.DataFrame, metric: str, acc_col: str, *, n_blocks: int, cmap: str = "viridis") -> PathCollection:
     """One point per bypassed block (colour = block index), the original model as a red star."""
     blocks = block_index(joined["config"])
     bypassed = joined[blocks.notna()]
