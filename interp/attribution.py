@@ -29,8 +29,8 @@ from torch import Tensor
 from interp import sites
 from interp.patching import DIRECTIONS, METRIC_FNS, Runs, SuffixTarget, normalize
 
-LN_FINAL_IN = "ln_final.hook_in"  # residual stream entering the final LayerNorm
-EMBED_HOOKS = ("hook_embed", "hook_pos_embed")  # token and (GPT-Neo) learned position embeddings
+LN_FINAL_IN = sites.ln_final_in()  # residual stream entering the final LayerNorm
+EMBED_HOOKS = (sites.embed(), sites.pos_embed())  # token and (GPT-Neo) learned position embeddings
 
 
 # ---------------------------------------------------------------- attribution patching

@@ -39,7 +39,7 @@ from interp import metrics, sites
 from interp.data import validate_for_model
 from interp.generation import batches, greedy_generate, teacher_forced_logits
 from interp.interventions import AttentionBypass, Hook, Intervention, ZeroAblation
-from interp.memorization import TIE_MARGIN, evaluate
+from interp.memorization import decode_plan, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -136,22 +136,6 @@ def _rows_bypass_hooks(layer: int, rows: Tensor, heads: Tensor) -> list[Hook]:
         return z
 
     return [(sites.v(layer), keep_v), (sites.z(layer), z_to_v)]
-
-
-def decode_plan(suffix: Int[Tensor, "batch T"], tf: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-    """What teacher forcing already tells about greedy decoding (the rule of
-    ``interp.memorization.greedy_from_teacher_forcing``): the continuation known so far, the
-    position each row must be decoded from, and which rows need decoding. A row follows the
-    suffix up to its first wrong argmax k (whose token is that argmax) and is decoded from k+1;
-    a row with a near-tie (``TIE_MARGIN``) up to k is decoded from 0."""
-    T = suffix.shape[1]
-    wrong = tf["argmax"] != suffix
-    first = torch.where(wrong.any(1), wrong.float().argmax(1), torch.full((len(suffix),), T))
-    ambiguous = ((tf["margin"] < TIE_MARGIN) & (torch.arange(T)[None, :] <= first[:, None])).any(1)
-    gen, rows, diverged = suffix.clone(), torch.arange(len(suffix)), first < T
-    gen[rows[diverged], first[diverged]] = tf["argmax"][rows[diverged], first[diverged]]
-    start = torch.where(ambiguous, torch.zeros_like(first), first + 1)
-    return gen, start, ambiguous | (first < T - 1)
 
 
 def every_head_greedy(

@@ -114,6 +114,21 @@ def teacher_forced_stats(
     return out
 
 
+def decode_plan(suffix: Int[Tensor, "batch T"], tf: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """What teacher forcing already tells about greedy decoding: the continuation known so far,
+    the position each row must be decoded from, and which rows need decoding. A row follows the
+    suffix up to its first wrong argmax k (whose token is that argmax) and is decoded from k+1;
+    a row with a near-tie (``TIE_MARGIN``) up to k is decoded from 0."""
+    T = suffix.shape[1]
+    wrong = tf["argmax"] != suffix
+    first = torch.where(wrong.any(1), wrong.float().argmax(1), torch.full((len(suffix),), T))
+    ambiguous = ((tf["margin"] < TIE_MARGIN) & (torch.arange(T)[None, :] <= first[:, None])).any(1)
+    gen, rows, diverged = suffix.clone(), torch.arange(len(suffix)), first < T
+    gen[rows[diverged], first[diverged]] = tf["argmax"][rows[diverged], first[diverged]]
+    start = torch.where(ambiguous, torch.zeros_like(first), first + 1)
+    return gen, start, ambiguous | (first < T - 1)
+
+
 def greedy_from_teacher_forcing(
     model,
     tokens: Int[Tensor, "batch pos"],
@@ -128,16 +143,8 @@ def greedy_from_teacher_forcing(
     argmax; decoding resumes after it. Near-tie rows (see ``TIE_MARGIN``) are decoded in full."""
     suffix = tokens[:, prefix_len:]
     T = suffix.shape[1]
-    wrong = tf["argmax"] != suffix
-    first = torch.where(wrong.any(1), wrong.float().argmax(1), torch.full((len(tokens),), T))
-    upto = torch.arange(T)[None, :] <= first[:, None]
-    ambiguous = ((tf["margin"] < TIE_MARGIN) & upto).any(1)
-    gen = suffix.clone()
+    gen, start, todo = decode_plan(suffix, tf)
     rows = torch.arange(len(tokens))
-    diverged = first < T
-    gen[rows[diverged], first[diverged]] = tf["argmax"][rows[diverged], first[diverged]]
-    start = torch.where(ambiguous, torch.zeros_like(first), first + 1)
-    todo = ambiguous | (first < T - 1)
     for k in sorted(set(start[todo].tolist())):
         idx = rows[todo & (start == k)]
         context = torch.cat([tokens[idx, :prefix_len], gen[idx, :k]], dim=1)

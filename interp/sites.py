@@ -74,3 +74,18 @@ def parse_component(label: str) -> tuple[int, int | None]:
     if m := _HEAD_RE.match(label):
         return int(m.group(1)), int(m.group(2))
     raise ValueError(f"component label {label!r} is neither 'block:L' nor 'L{{l}}H{{h}}'")
+
+
+def ln_final_in() -> str:
+    """Residual stream entering the final LayerNorm."""
+    return "ln_final.hook_in"
+
+
+def embed() -> str:
+    """Token embeddings."""
+    return "hook_embed"
+
+
+def pos_embed() -> str:
+    """Learned position embeddings (GPT-Neo; absent on rotary models)."""
+    return "hook_pos_embed"
