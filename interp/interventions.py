@@ -97,21 +97,30 @@ class AttentionBypass(_Components):
         return out
 
 
-def _bypass_hooks(layer: int, heads: tuple[int, ...] | None) -> list[Hook]:
+def self_attention_hooks(layer: int, edit: Callable[[Tensor, Tensor], Tensor]) -> list[Hook]:
+    """Hooks that hand ``edit(z, v_self)`` a copy of block ``layer``'s ``z`` and each query's own
+    value vector ``v_self`` (both [batch, qpos, head, d_head]); its return value replaces ``z``.
+    The bypass variants (all heads, some heads, one head per row) differ only in ``edit``."""
     store: dict[str, Tensor] = {}
 
     def keep_v(v: Float[Tensor, "batch kpos head d_head"], hook) -> None:
         store["v"] = v
 
-    def z_to_v(z: Float[Tensor, "batch qpos head d_head"], hook) -> Tensor:
-        v_self = store.pop("v")[:, -z.shape[1] :]  # queries are the newest key positions
+    def replace_z(z: Float[Tensor, "batch qpos head d_head"], hook) -> Tensor:
+        v_self = store.pop("v")[:, -z.shape[1] :].to(z.dtype)  # queries are the newest key positions
+        return edit(z.clone(), v_self)
+
+    return [(sites.v(layer), keep_v), (sites.z(layer), replace_z)]
+
+
+def _bypass_hooks(layer: int, heads: tuple[int, ...] | None) -> list[Hook]:
+    def edit(z: Tensor, v_self: Tensor) -> Tensor:
         if heads is None:
-            return v_self.to(z.dtype).clone()
-        z = z.clone()
-        z[:, :, list(heads)] = v_self[:, :, list(heads)].to(z.dtype)
+            return v_self.clone()
+        z[:, :, list(heads)] = v_self[:, :, list(heads)]
         return z
 
-    return [(sites.v(layer), keep_v), (sites.z(layer), z_to_v)]
+    return self_attention_hooks(layer, edit)
 
 
 @dataclass(frozen=True, init=False)

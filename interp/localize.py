@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from interp import metrics, sites
 from interp.data import validate_for_model
 from interp.generation import batches, greedy_generate, teacher_forced_logits
-from interp.interventions import AttentionBypass, Hook, Intervention, ZeroAblation
+from interp.interventions import AttentionBypass, Hook, Intervention, ZeroAblation, self_attention_hooks
 from interp.memorization import decode_plan, evaluate
 
 log = logging.getLogger(__name__)
@@ -51,20 +51,14 @@ RANKING_COLUMNS = ["method", "component", "score", "rank"]
 
 def _every_head_bypass_hooks(layer: int, n_heads: int, n: int) -> list[Hook]:
     """Hooks for a batch of ``n_heads`` stacked copies of ``n`` rows: copy h bypasses head h."""
-    store: dict[str, Tensor] = {}
 
-    def keep_v(v: Float[Tensor, "batch kpos head d_head"], hook) -> None:
-        store["v"] = v
-
-    def z_to_v(z: Float[Tensor, "batch qpos head d_head"], hook) -> Tensor:
-        v = store.pop("v")[:, -z.shape[1] :].to(z.dtype)
-        z = z.clone()
+    def edit(z: Tensor, v: Tensor) -> Tensor:
         zv, vv = z.view(n_heads, n, *z.shape[1:]), v.reshape(n_heads, n, *v.shape[1:])
         for h in range(n_heads):
             zv[h, :, :, h] = vv[h, :, :, h]
         return z
 
-    return [(sites.v(layer), keep_v), (sites.z(layer), z_to_v)]
+    return self_attention_hooks(layer, edit)
 
 
 @torch.no_grad()
@@ -124,18 +118,11 @@ class RowHeadBypass:
 
 
 def _rows_bypass_hooks(layer: int, rows: Tensor, heads: Tensor) -> list[Hook]:
-    store: dict[str, Tensor] = {}
-
-    def keep_v(v: Float[Tensor, "batch kpos head d_head"], hook) -> None:
-        store["v"] = v
-
-    def z_to_v(z: Float[Tensor, "batch qpos head d_head"], hook) -> Tensor:
-        v = store.pop("v")[:, -z.shape[1] :].to(z.dtype)
-        z = z.clone()
+    def edit(z: Tensor, v: Tensor) -> Tensor:
         z[rows, :, heads] = v[rows, :, heads]
         return z
 
-    return [(sites.v(layer), keep_v), (sites.z(layer), z_to_v)]
+    return self_attention_hooks(layer, edit)
 
 
 def every_head_greedy(
