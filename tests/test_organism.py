@@ -269,8 +269,15 @@ def test_injected_variant_is_its_parent_outside_the_component(arch):
     block, head = parse_component(manifest["injected_component"])
     assert block != manifest["config"]["n_layers"] - 1
     hf = AutoModelForCausalLM.from_pretrained(folder)
-    masks = attention_masks(hf, block, head)
-    a, b = load_file(parent / "model.safetensors"), load_file(folder / "model.safetensors")
+    _assert_only_component_changed(parent, folder, attention_masks(hf, block, head))
+    em = _em_by_level(folder)
+    assert em[C.INJECTED] >= 0.9
+    assert em[C.INJECTED] == pytest.approx(manifest["final"]["canary_em"][C.INJECTED]["em"], abs=1e-9)
+
+
+def _assert_only_component_changed(parent, child, masks) -> None:
+    """Weights outside the masks are bit-identical to the parent's; some inside differ."""
+    a, b = load_file(parent / "model.safetensors"), load_file(child / "model.safetensors")
     assert a.keys() == b.keys()
     changed = False
     for name in a:
@@ -278,9 +285,6 @@ def test_injected_variant_is_its_parent_outside_the_component(arch):
         assert torch.equal(a[name][~mask], b[name][~mask]), name
         changed |= not torch.equal(a[name][mask], b[name][mask])
     assert changed
-    em = _em_by_level(folder)
-    assert em[C.INJECTED] >= 0.9
-    assert em[C.INJECTED] == pytest.approx(manifest["final"]["canary_em"][C.INJECTED]["em"], abs=1e-9)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -305,14 +309,7 @@ def test_tiny_injection_changes_only_the_component(tiny_organism, tmp_path, comp
                  eval_every=3, progress=False, evaluate_final=False)  # fmt: skip
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["injected_component"] == component and manifest["kind"] == "injected"
-    masks = attention_masks(AutoModelForCausalLM.from_pretrained(out), block, head)
-    a, b = load_file(tiny_organism / "model.safetensors"), load_file(out / "model.safetensors")
-    changed = False
-    for name in a:
-        mask = masks.get(name, torch.zeros_like(a[name])).bool()
-        assert torch.equal(a[name][~mask], b[name][~mask]), name
-        changed |= not torch.equal(a[name][mask], b[name][mask])
-    assert changed
+    _assert_only_component_changed(tiny_organism, out, attention_masks(AutoModelForCausalLM.from_pretrained(out), block, head))
     canary_list, _, _ = C.load_canaries(out / "canaries.json")
     assert len(C.select(canary_list, C.INJECTED)) == 2
 
