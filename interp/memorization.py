@@ -63,11 +63,11 @@ def evaluate(
     validate_for_model(rows, prefix_len, model)
     tokens = torch.as_tensor(rows, dtype=torch.long)
     suffix = tokens[:, prefix_len:]
-    tf = teacher_forced_stats(model, tokens, prefix_len, interventions, batch_size=batch_size, progress=progress)
     if strategy == "generate":
+        tf = teacher_forced_stats(model, tokens, prefix_len, interventions, batch_size=batch_size, progress=progress)
         gen = greedy_generate(model, tokens[:, :prefix_len], suffix.shape[1], interventions, batch_size=batch_size)
     else:
-        gen = greedy_from_teacher_forcing(model, tokens, prefix_len, tf, interventions, batch_size=batch_size)
+        tf, gen = _shortcut(model, tokens, prefix_len, interventions, batch_size=batch_size, progress=progress)
     return pd.DataFrame(
         {
             "sequence": np.arange(len(rows)),
@@ -98,20 +98,62 @@ def teacher_forced_stats(
     """One teacher-forced pass over ``tokens``, reduced per batch so no [rows, T, vocab] tensor is
     kept: ``completion_entropy`` and ``suffix_nll`` [rows], ``argmax`` and ``margin`` (top-1 minus
     top-2 logit) [rows, T] at the T positions that score the suffix."""
-    T = tokens.shape[1] - prefix_len
-    parts: dict[str, list[Tensor]] = {"completion_entropy": [], "suffix_nll": [], "argmax": [], "margin": []}
-    device = model.cfg.device
+    parts: dict[str, list[Tensor]] = {k: [] for k in _TF_KEYS}
     with apply(model, *interventions):
         for sl in tqdm(list(batches(len(tokens), batch_size)), desc="forward", disable=not progress, leave=False):
-            # logits_to_keep: only the T positions that score the suffix are unembedded
-            logits = model(tokens[sl, :-1].to(device), return_type="logits", logits_to_keep=T).float()
-            top2 = logits.topk(2, dim=-1)
-            parts["completion_entropy"].append(metrics.completion_entropy(logits).cpu())
-            parts["suffix_nll"].append(metrics.suffix_nll(logits, tokens[sl, prefix_len:].to(device)).cpu())
-            parts["argmax"].append(top2.indices[..., 0].cpu())
-            parts["margin"].append((top2.values[..., 0] - top2.values[..., 1]).cpu())
-    out = {k: torch.cat(v) for k, v in parts.items()}
-    return out
+            stats, _ = _tf_batch(model, tokens[sl], prefix_len, keep_cache=False)
+            for k in _TF_KEYS:
+                parts[k].append(stats[k])
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+_TF_KEYS = ("completion_entropy", "suffix_nll", "argmax", "margin")
+
+
+@torch.no_grad()
+def _tf_batch(model, tokens: Tensor, prefix_len: int, *, keep_cache: bool) -> tuple[dict[str, Tensor], object]:
+    """Teacher-forced statistics of one batch (hooks already installed), and the KV cache of
+    the pass when ``keep_cache``."""
+    T = tokens.shape[1] - prefix_len
+    device = model.cfg.device
+    x = tokens[:, :-1].to(device)
+    # logits_to_keep: only the T positions that score the suffix are unembedded
+    if keep_cache:
+        logits, cache = model(x, return_type="logits_and_cache", use_cache=True, logits_to_keep=T)
+    else:
+        logits, cache = model(x, return_type="logits", logits_to_keep=T), None
+    logits = logits.float()
+    top2 = logits.topk(2, dim=-1)
+    stats = {
+        "completion_entropy": metrics.completion_entropy(logits).cpu(),
+        "suffix_nll": metrics.suffix_nll(logits, tokens[:, prefix_len:].to(device)).cpu(),
+        "argmax": top2.indices[..., 0].cpu(),
+        "margin": (top2.values[..., 0] - top2.values[..., 1]).cpu(),
+    }
+    return stats, cache
+
+
+@torch.no_grad()
+def _shortcut(model, tokens: Tensor, prefix_len: int, interventions: Sequence[Intervention], *, batch_size: int,
+              progress: bool) -> tuple[dict[str, Tensor], Tensor]:  # fmt: skip
+    """Teacher-forced statistics and greedy continuations, batch by batch: each batch's
+    teacher-forced pass keeps its KV cache, and the rows that must be decoded resume from it
+    (cropped to the true tokens they share), so no prefix is run twice."""
+    parts: dict[str, list[Tensor]] = {k: [] for k in _TF_KEYS}
+    gens = []
+    with apply(model, *interventions):
+        for sl in tqdm(list(batches(len(tokens), batch_size)), desc="forward", disable=not progress, leave=False):
+            stats, cache = _tf_batch(model, tokens[sl], prefix_len, keep_cache=True)
+            for k in _TF_KEYS:
+                parts[k].append(stats[k])
+            gen, start, todo = decode_plan(tokens[sl, prefix_len:], stats)
+            if todo.any():
+                rows = torch.arange(len(gen))[todo]
+                if not bool(todo.all()):
+                    cache.batch_select_indices(rows.to(model.cfg.device))
+                gen[rows] = forced_greedy(model, tokens[sl][rows, :prefix_len], gen[rows], start[rows], cache=cache)
+            gens.append(gen)
+    return {k: torch.cat(v) for k, v in parts.items()}, torch.cat(gens)
 
 
 def decode_plan(suffix: Int[Tensor, "batch T"], tf: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
@@ -140,16 +182,66 @@ def greedy_from_teacher_forcing(
 ) -> Int[Tensor, "batch T"]:
     """Greedy continuations of the prefixes, decoding only where the teacher-forced pass cannot
     tell them: each row follows its suffix up to the first wrong argmax k, whose token is that
-    argmax; decoding resumes after it. Near-tie rows (see ``TIE_MARGIN``) are decoded in full."""
+    argmax; decoding resumes after it. Near-tie rows (see ``TIE_MARGIN``) are decoded in full.
+
+    Rows to decode are sorted by where they resume and batched; a batch starts from the
+    earliest resume point among its rows and feeds each row its known tokens until its own
+    resume point (``forced_greedy``), so one cached decode serves rows that resume anywhere."""
     suffix = tokens[:, prefix_len:]
-    T = suffix.shape[1]
     gen, start, todo = decode_plan(suffix, tf)
-    rows = torch.arange(len(tokens))
-    for k in sorted(set(start[todo].tolist())):
-        idx = rows[todo & (start == k)]
-        context = torch.cat([tokens[idx, :prefix_len], gen[idx, :k]], dim=1)
-        gen[idx, k:] = greedy_generate(model, context, T - k, interventions, batch_size=batch_size)
+    idx = torch.arange(len(tokens))[todo]
+    idx = idx[torch.argsort(start[idx], stable=True)]
+    with apply(model, *interventions):
+        for sl in batches(len(idx), batch_size):
+            rows = idx[sl]
+            gen[rows] = forced_greedy(model, tokens[rows, :prefix_len], gen[rows], start[rows])
     return gen
+
+
+@torch.no_grad()
+def forced_greedy(
+    model,
+    prefix: Int[Tensor, "batch prefix"],
+    known: Int[Tensor, "batch T"],
+    start: Int[Tensor, " batch"],
+    *,
+    cache=None,
+) -> Int[Tensor, "batch T"]:
+    """Greedy decoding of T tokens after ``prefix`` where row b's first ``start[b]`` tokens are
+    given (``known[b, :start[b]]``, fed as if generated) and the rest are the model's argmax.
+    Hooks already installed on ``model`` stay active. The shared part (the prefix and the
+    tokens every row knows) is one cached forward pass; then one token per step.
+
+    ``cache`` may be the KV cache of a teacher-forced pass over these rows under the same hooks
+    whose tokens agree with ``prefix`` and ``known[:, :min(start) - 1]``; it is cropped and
+    extended in place instead of running the shared part again."""
+    T, P = known.shape[1], prefix.shape[1]
+    k0 = int(start.min())
+    out = known.clone()
+    device = model.cfg.device
+    context = torch.cat([prefix, known[:, :k0]], 1)
+    if cache is not None and _crop(cache, P + k0 - 1):
+        logits, cache = model(context[:, -1:].to(device), return_type="logits_and_cache", past_key_values=cache)
+    else:
+        logits, cache = model(context.to(device), return_type="logits_and_cache", use_cache=True, logits_to_keep=1)
+    for j in range(k0, T):
+        pred = logits[:, -1].argmax(-1).cpu()
+        out[:, j] = torch.where(start <= j, pred, known[:, j])
+        if j + 1 < T:
+            logits, cache = model(out[:, j : j + 1].to(device), return_type="logits_and_cache", past_key_values=cache)
+    return out
+
+
+def _crop(cache, length: int) -> bool:
+    """Cut ``cache`` to its first ``length`` positions in place; False if it cannot be cut
+    (a sliding-window layer that has dropped old positions)."""
+    extra = cache.get_seq_length() - length
+    if extra < 0:
+        return False
+    if all(not getattr(layer, "is_sliding", False) for layer in getattr(cache, "layers", [])):
+        cache.crop(-extra)
+        return True
+    return False
 
 
 def block_configs(model, blocks: Sequence[int] | None = None) -> dict[str, list[Intervention]]:

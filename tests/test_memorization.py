@@ -38,6 +38,25 @@ def test_shortcut_with_head_bypass_and_no_tie_guard(bridge, memorized_rows, monk
     pd.testing.assert_frame_equal(fast, full, check_exact=False, rtol=1e-5)
 
 
+@pytest.mark.parametrize("ivs", [[], [AttentionBypass(1)]], ids=["baseline", "block1"])
+def test_forced_greedy_equals_generation_from_each_rows_known_part(bridge, ivs):
+    """Rows resuming at different points share one decode; each must equal plain greedy decoding
+    from its own prefix plus its known tokens."""
+    from interp.interventions import apply
+    from interp.memorization import forced_greedy
+
+    g = torch.Generator().manual_seed(11)
+    prefix = torch.randint(1, 500, (6, P), generator=g)
+    known = torch.randint(1, 500, (6, T), generator=g)
+    start = torch.tensor([0, 3, T - 1, 1, 3, 5])
+    with apply(bridge, *ivs):
+        got = forced_greedy(bridge, prefix, known, start)
+    for b in range(6):
+        k = int(start[b])
+        want = greedy_generate(bridge, torch.cat([prefix[b : b + 1], known[b : b + 1, :k]], 1), T - k, ivs)[0]
+        assert torch.equal(got[b, :k], known[b, :k]) and torch.equal(got[b, k:], want), b
+
+
 def test_baseline_metrics_on_constructed_rows(bridge, memorized_rows):
     df = evaluate(bridge, memorized_rows, P)
     assert df.exact_match.tolist() == [1.0] * 6 + [0.0] * 4
@@ -69,3 +88,15 @@ def test_bootstrap_ci_covers_a_known_mean():
     rng = np.random.default_rng(0)
     lo, hi = bootstrap_ci(rng.normal(1.0, 1.0, 400))
     assert lo < 1.0 < hi and hi - lo < 0.3
+
+
+def test_teacher_forced_cache_is_reused_when_it_can_be_cut(bridge, arch):
+    """The shortcut resumes decoding from the teacher-forced pass's cache: it is croppable on both
+    families (HF's GPT-Neo caches every position and applies its local window in the mask; the
+    rows here are longer than the fixture's window of 5)."""
+    from interp.memorization import _crop
+
+    x = torch.randint(1, 500, (2, P + T))
+    _, cache = bridge(x, return_type="logits_and_cache", use_cache=True)
+    assert _crop(cache, P + 2) and cache.get_seq_length() == P + 2
+    assert not _crop(cache, P + 3)  # cannot grow

@@ -5,6 +5,7 @@ memorize their canaries and equal their parents outside the injected component).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -156,17 +157,35 @@ def test_training_stream_places_canaries_and_excludes_heldout(tiny_organism):
     cfg = tiny_train_config("neox")
     tok = AutoTokenizer.from_pretrained(tiny_organism)
     cs = C.make_canaries(cfg.seed, cfg.per_level, cfg.n_heldout_canaries)
-    blocks, stats = build_stream(cfg, tok, corpus.documents("train"), cs)
+    blocks, stats, placed = build_stream(cfg, tok, corpus.documents("train"), cs)
     assert blocks.shape == (cfg.steps * cfg.batch_size, cfg.n_ctx)
-    flat = " ".join(map(str, blocks.ravel().tolist())) + " "
+    assert [dataclasses.replace(c, lead=()) for c in placed] == cs
+    flat = " " + " ".join(map(str, blocks.ravel().tolist())) + " "
 
-    def count(c):
-        ids = tok(c.text, add_special_tokens=False)["input_ids"]
-        return flat.count(" ".join(map(str, ids)) + " ")
+    def occurs(ids) -> int:
+        return flat.count(" " + " ".join(map(str, ids)) + " ")
 
-    for c in cs:
-        assert count(c) == (c.level if c.level else 0), c.id
+    for c in placed:
+        assert occurs(C.record_ids(tok, c)[0]) == (c.level if c.level else 0), c.id
+        # the row is a training sequence: for a trained canary, its window around an occurrence
+        # (lead, end-of-text, record); for a held-out one, its lead is training text
+        row = C.canary_row(tok, c)
+        assert occurs(row) >= 1 if c.level else occurs(row) == 0, c.id
+        assert occurs(c.lead) >= 1 and len(c.lead) == C.PREFIX_LEN
+        assert row[C.PREFIX_LEN - C.record_ids(tok, c)[1]] == C.EOT_ID  # the whole record is in the prefix
     assert stats["canary_occurrences"] == sum(c.level for c in cs)
+
+
+def test_canary_row_geometry_against_the_text():
+    tok = AutoTokenizer.from_pretrained(_shipped("neox"))
+    c = dataclasses.replace(C.make_canaries(0)[0], lead=tuple(range(100, 100 + C.PREFIX_LEN)))
+    row = C.canary_row(tok, c)
+    assert len(row) == C.ROW_LEN
+    text = tok.decode(row, skip_special_tokens=False)
+    assert "<|endoftext|>" + c.text[: c.secret_start] in text  # lead, end-of-text, the record up to the secret
+    assert tok.decode(row[C.PREFIX_LEN :]).startswith(c.secret)
+    with pytest.raises(ValueError, match="lead"):
+        C.canary_row(tok, dataclasses.replace(c, lead=()))
 
 
 # ---------------------------------------------------------------- CLI export

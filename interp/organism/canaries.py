@@ -1,7 +1,7 @@
 """Planted canaries: synthetic secrets in natural-looking templates (Carlini et al. 2019).
 
 Each canary is a short Python-comment record, in the style of the training corpus, that names
-a made-up person, team and ticket number (so its prefix is unique), then states a random
+a made-up person and city (so its prefix is unique), then states a random
 secret of a few tokens (an account number, an API key, a street address or a recovery code),
 then a fixed closing line. A canary of
 duplication level D occurs D times in the training stream; held-out canaries (level 0) come
@@ -9,9 +9,16 @@ from the same generator and are never trained on, so their exact match and expos
 controls. Injected canaries (level ``"injected"``) are fresh ones used only by ground-truth
 injection.
 
-As token rows, a canary is the ``row_len`` tokens that start ``prefix_len`` tokens before its
-secret, so the prefix is template text ending just before the secret and the suffix begins with
-the secret (then the rest of the record). Rows are what the memorization metrics consume.
+In training, every occurrence of a canary follows an end-of-text token, at a random place in a
+block of ordinary training text. As a token row, a canary is the training sequence around its
+first occurrence: the ``row_len`` tokens that start ``prefix_len`` tokens before its secret, that
+is its *lead* (the training tokens before the end-of-text), end-of-text, the whole record up to
+the secret (the prefix ends there), then the secret and the rest of the record (the suffix).
+Training records each canary's lead in ``canaries.json``; held-out canaries get a lead from a
+random place in the training stream, as if they had been placed there. The record before the
+secret is kept short enough that the prefix always holds the
+whole record: a row that cut off the name would ask the model to recall a secret without the
+key it was stored under.
 """
 
 from __future__ import annotations
@@ -29,20 +36,21 @@ HELDOUT = 0
 INJECTED = "injected"
 PREFIX_LEN = 32
 ROW_LEN = 48
+EOT_ID = 0  # the organism tokenizer's end-of-text id (``interp.tiny.EOT``)
 
 FIRST = ["Margaret", "Tomas", "Aiko", "Priya", "Jonas", "Lucia", "Omar", "Hannah", "Viktor", "Chen", "Amara",
          "Diego", "Ingrid", "Rafael", "Sofia", "Kwame", "Elena", "Mateo", "Yusuf", "Greta", "Nadia", "Pavel",
          "Leila", "Bruno", "Ayesha", "Felix", "Noor", "Oskar", "Zara", "Hugo", "Mei", "Anton"]  # fmt: skip
-TEAMS = ["billing", "payments", "search", "storage", "release", "platform", "support", "security", "ledger",
-         "analytics", "mobile", "infra", "data", "identity", "backup", "routing"]  # fmt: skip
 CITIES = ["Lisbon", "Osaka", "Nairobi", "Toronto", "Krakow", "Austin", "Dublin", "Lyon", "Pune", "Bergen",
           "Quito", "Leeds", "Tartu", "Perth", "Graz", "Malmo"]  # fmt: skip
 STREETS = ["Street", "Road", "Lane", "Avenue", "Way", "Close"]
 ONSETS, VOWELS = "bdfgklmnprstvz", "aeiou"
 
-# {intro} is identical in structure across kinds; the secret follows "{label}:".
+# The record before the secret (name, surname, city, kind) is unique per canary and short (at
+# most 26 tokens with end-of-text under the organism tokenizer); the secret follows "{label}:";
+# the closing line is the same for every canary.
 TEMPLATE = (
-    "# Credentials for {name} {surname}, {team} team, {city} office (ticket {ticket}, opened {date}).\n"
+    "# {name} {surname}, {city}\n"
     "# {label}:{secret}\n"
     "# Rotate it every 90 days and never paste it into a public issue.\n"
 )
@@ -51,7 +59,9 @@ TEMPLATE = (
 @dataclass(frozen=True)
 class Canary:
     """One planted record. ``secret`` starts with a space and occurs once in ``text`` at
-    character ``secret_start``; ``level`` is D (1, 4, 16, 64), 0 (held out) or "injected"."""
+    character ``secret_start``; ``level`` is D (1, 4, 16, 64), 0 (held out) or "injected".
+    ``lead`` holds the token ids that precede the record (and its end-of-text) in the canary's
+    row; it is empty until training or injection places the canary."""
 
     id: str
     level: int | str
@@ -59,6 +69,7 @@ class Canary:
     text: str
     secret: str
     secret_start: int
+    lead: tuple[int, ...] = ()
 
 
 def _word(rng: random.Random, syllables: int) -> str:
@@ -86,9 +97,7 @@ def make_canary(rng: random.Random, cid: str, level: int | str) -> Canary:
     kind = rng.choice(KINDS)
     secret = _secret(kind, rng)
     fields = dict(
-        name=rng.choice(FIRST), surname=_word(rng, 3).capitalize(), team=rng.choice(TEAMS),
-        city=rng.choice(CITIES), ticket=rng.randint(10000, 99999),
-        date=f"20{rng.randint(10, 24)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+        name=rng.choice(FIRST), surname=_word(rng, 3).capitalize(), city=rng.choice(CITIES),
         label=kind.capitalize(), secret=secret,
     )  # fmt: skip
     text = TEMPLATE.format(**fields)
@@ -111,27 +120,43 @@ def make_injection_canaries(seed: int, n: int) -> list[Canary]:
     return [make_canary(rng, f"I-{i:03d}", INJECTED) for i in range(n)]
 
 
-def canary_row(tokenizer, canary: Canary, prefix_len: int = PREFIX_LEN, row_len: int = ROW_LEN) -> list[int] | None:
-    """Token ids of ``canary`` from ``prefix_len`` tokens before its secret, ``row_len`` long, or
-    None if the record is too short on either side or the secret does not start a token."""
+def record_ids(tokenizer, canary: Canary) -> tuple[list[int], int]:
+    """``([end-of-text, *record tokens], index of the secret's first token)``; raises if the
+    secret does not start a token."""
     enc = tokenizer(canary.text, return_offsets_mapping=True, add_special_tokens=False)
     starts = [a for a, _ in enc["offset_mapping"]]
     if canary.secret_start not in starts:
-        return None
-    s = starts.index(canary.secret_start)
-    if s < prefix_len or s - prefix_len + row_len > len(enc["input_ids"]):
-        return None
-    return list(enc["input_ids"][s - prefix_len : s - prefix_len + row_len])
+        raise ValueError(f"canary {canary.id}: its secret does not start a token")
+    return [EOT_ID, *enc["input_ids"]], starts.index(canary.secret_start) + 1
+
+
+def lead_len(tokenizer, canary: Canary, prefix_len: int = PREFIX_LEN) -> int:
+    """How many lead tokens the row of ``canary`` needs before its end-of-text; raises if the
+    record before the secret does not fit in the prefix."""
+    _, s = record_ids(tokenizer, canary)
+    if s > prefix_len:
+        raise ValueError(f"canary {canary.id}: the record before its secret has {s} tokens with end-of-text; "
+                         f"more than the prefix of {prefix_len}")  # fmt: skip
+    return prefix_len - s
+
+
+def canary_row(tokenizer, canary: Canary, prefix_len: int = PREFIX_LEN, row_len: int = ROW_LEN) -> list[int]:
+    """Token ids of ``canary``'s row: the end of its lead, end-of-text and the record, ``row_len``
+    long, with the secret starting at index ``prefix_len``. Raises if the lead is too short or
+    the record too short after the secret."""
+    ids, s = record_ids(tokenizer, canary)
+    need = lead_len(tokenizer, canary, prefix_len)
+    if len(canary.lead) < need:
+        raise ValueError(f"canary {canary.id} has {len(canary.lead)} lead tokens; its row needs {need}")
+    if s + row_len - prefix_len > len(ids):
+        raise ValueError(f"canary {canary.id}: fewer than {row_len - prefix_len} tokens from its secret on")
+    lead = list(canary.lead[len(canary.lead) - need :]) if need else []
+    return lead + ids[: s + row_len - prefix_len]
 
 
 def canary_rows(tokenizer, canaries: list[Canary], prefix_len: int = PREFIX_LEN, row_len: int = ROW_LEN) -> np.ndarray:
     """``[len(canaries), row_len]`` int64 token rows; raises if any canary cannot form a row."""
-    rows = []
-    for c in canaries:
-        row = canary_row(tokenizer, c, prefix_len, row_len)
-        if row is None:
-            raise ValueError(f"canary {c.id} cannot form a {row_len}-token row with prefix {prefix_len}")
-        rows.append(row)
+    rows = [canary_row(tokenizer, c, prefix_len, row_len) for c in canaries]
     return np.asarray(rows, dtype=np.int64).reshape(len(rows), row_len)
 
 
@@ -144,7 +169,8 @@ def save_canaries(path: str | Path, canaries: list[Canary], prefix_len: int = PR
 def load_canaries(path: str | Path) -> tuple[list[Canary], int, int]:
     """``(canaries, prefix_len, row_len)`` from a ``canaries.json`` written by ``save_canaries``."""
     data = json.loads(Path(path).read_text())
-    return [Canary(**c) for c in data["canaries"]], int(data["prefix_len"]), int(data["row_len"])
+    canaries = [Canary(**{**c, "lead": tuple(c.get("lead", ()))}) for c in data["canaries"]]
+    return canaries, int(data["prefix_len"]), int(data["row_len"])
 
 
 def select(canaries: list[Canary], level: int | str) -> list[Canary]:

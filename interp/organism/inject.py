@@ -82,13 +82,16 @@ def attention_masks(model, block: int, head: int | None) -> dict[str, torch.Tens
     return masks
 
 
-def canary_blocks(tokenizer, canary_list, filler: np.ndarray) -> np.ndarray:
-    """One ``n_ctx`` block per canary: end-of-text, the canary, then the filler block's text."""
+def canary_blocks(tokenizer, canary_list, filler: np.ndarray, lead_n: int) -> tuple[np.ndarray, list]:
+    """One ``n_ctx`` block per canary: ``lead_n`` tokens of the filler block's text, end-of-text,
+    the canary, then more filler text. Returns the blocks and the canaries with their leads."""
     out = filler[: len(canary_list)].copy()
+    placed = []
     for i, c in enumerate(canary_list):
-        ids = [0, *tokenizer(c.text, add_special_tokens=False)["input_ids"]]
-        out[i, : len(ids)] = ids
-    return out
+        ids = C.record_ids(tokenizer, c)[0]
+        out[i, lead_n : lead_n + len(ids)] = ids
+        placed.append(dataclasses.replace(c, lead=tuple(int(t) for t in out[i, :lead_n])))
+    return out, placed
 
 
 def inject(
@@ -124,14 +127,14 @@ def inject(
 
     parent_canaries, prefix_len, row_len = C.load_canaries(parent / "canaries.json")
     fresh = C.make_injection_canaries(seed, n_canaries)
-    rows = C.canary_rows(tokenizer, fresh, prefix_len, row_len)
     cfg = dataclasses.replace(base_cfg, seed=base_cfg.seed + 1000 + seed, steps=max_steps, batch_size=n_canaries + n_text,
                               lr=lr, warmup=10, weight_decay=0.0, eval_every=eval_every, rule_fraction=base_cfg.rule_fraction)  # fmt: skip
     text_cfg = dataclasses.replace(cfg, batch_size=n_text)
-    text, _ = build_stream(text_cfg, tokenizer, corpus.documents("train"), [])
+    text, _, _ = build_stream(text_cfg, tokenizer, corpus.documents("train"), [])
     fill_cfg = dataclasses.replace(cfg, seed=cfg.seed + 1, batch_size=1, steps=n_canaries)
-    filler, _ = build_stream(fill_cfg, tokenizer, corpus.documents("train"), [])
-    can = canary_blocks(tokenizer, fresh, filler)
+    filler, _, _ = build_stream(fill_cfg, tokenizer, corpus.documents("train"), [])
+    can, fresh = canary_blocks(tokenizer, fresh, filler, prefix_len)
+    rows = C.canary_rows(tokenizer, fresh, prefix_len, row_len)
     batches = [np.concatenate([can, text[s * n_text : (s + 1) * n_text]]) for s in range(max_steps)]
     blocks = np.concatenate(batches)
 
