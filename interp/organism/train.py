@@ -63,6 +63,7 @@ class TrainConfig:
     min_lr_frac: float = 0.1
     weight_decay: float = 0.01
     rule_fraction: float = 0.2  # share of stream tokens that come from rule-task documents
+    canary_start: float = 0.6  # canary occurrences go into blocks from this fraction of training on
     per_level: int = 32
     n_heldout_canaries: int = 64
     tokenizer_chars: int = 3_000_000
@@ -82,7 +83,7 @@ class TrainConfig:
 def tiny_train_config(arch: str = "neox", **kw) -> TrainConfig:
     """A configuration that trains in seconds (for tests): 2 blocks, d_model 32, 30 steps."""
     base = dict(arch=arch, n_layers=2, d_model=32, n_heads=4, n_ctx=192, vocab_size=512, window=16,
-                batch_size=8, steps=30, lr=2e-3, warmup=2, per_level=2, n_heldout_canaries=2,
+                batch_size=8, steps=30, lr=2e-3, warmup=2, canary_start=0.0, per_level=2, n_heldout_canaries=2,
                 tokenizer_chars=200_000, eval_every=10, eval_blocks=4)  # fmt: skip
     base.update(kw)
     return TrainConfig(**base)
@@ -149,7 +150,10 @@ def build_stream(cfg: TrainConfig, tokenizer, train_docs, canary_list) -> tuple[
     occurrences = [c for c in canary_list if isinstance(c.level, int) and c.level > 0 for _ in range(c.level)]
     if len(occurrences) > n_blocks:
         raise ValueError(f"{len(occurrences)} canary occurrences do not fit in {n_blocks} training blocks")
-    slots = rng.sample(range(n_blocks), len(occurrences))
+    first = int(cfg.canary_start * n_blocks)
+    if len(occurrences) > n_blocks - first:
+        raise ValueError(f"{len(occurrences)} canary occurrences do not fit in the last {n_blocks - first} training blocks")
+    slots = rng.sample(range(first, n_blocks), len(occurrences))
     canary_ids = {c.id: C.record_ids(tokenizer, c)[0] for c in canary_list}
     lead_n = C.PREFIX_LEN  # every occurrence has at least this much training text before it
     leads: dict[str, tuple[int, ...]] = {}

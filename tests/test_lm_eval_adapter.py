@@ -1,0 +1,79 @@
+"""lm-evaluation-harness adapter: a local YAML task run by the harness itself on ``BridgeLM``
+must give the same acc / acc_norm as our own scorer on the same items, under a bypass too.
+Skipped (never passed) when lm-eval is not installed."""
+
+import json
+import math
+
+import pytest
+
+from interp import benchmarks as B
+from interp import tasks as T
+from interp.interventions import AttentionBypass
+from interp.models import load_model
+from interp.tiny import make_tiny_model
+
+pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install -e '.[lmeval]')")
+
+TASK_YAML = """task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{context}}}}"
+doc_to_choice: choices
+doc_to_target: gold
+target_delimiter: ""
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+"""
+
+
+@pytest.fixture(scope="module")
+def local_tasks(tmp_path_factory):
+    """Two local harness tasks made from shipped items (one rule task, one language task)."""
+    folder = tmp_path_factory.mktemp("lmeval_tasks")
+    names = []
+    for source in ("rule_count", "next_line"):
+        items = T.path_of(source).read_text().splitlines()[:12]
+        data = folder / f"{source}.jsonl"
+        data.write_text("\n".join(items) + "\n")
+        name = f"local_{source}"
+        (folder / f"{name}.yaml").write_text(TASK_YAML.format(name=name, data=data))
+        names.append((name, data))
+    return folder, names
+
+
+@pytest.mark.parametrize("arch", ["neox", "neo"])
+def test_harness_on_bridge_equals_our_scorer(local_tasks, tmp_path_factory, monkeypatch, arch):
+    from interp.lm_eval_adapter import harness_accuracy
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("hf_datasets")))
+    folder, names = local_tasks
+    model = load_model(make_tiny_model(tmp_path_factory.mktemp(arch), arch, seed=4, n_ctx=256))
+    configs = {"baseline": [], "block:1": [AttentionBypass(1)]}
+    got = harness_accuracy(model, [n for n, _ in names], configs, include_path=str(folder))
+    assert len(got) == len(configs) * len(names)
+    for config, ivs in configs.items():
+        for name, data in names:
+            ours = B.evaluate_task(model, B.load_task(data, name=name), ivs, progress=False)
+            row = got[(got.config == config) & (got.task == name)].iloc[0]
+            assert math.isclose(row.acc, ours["acc"], abs_tol=1e-12), (config, name)
+            assert math.isclose(row.acc_norm, ours["acc_norm"], abs_tol=1e-12), (config, name)
+
+
+def test_bridge_lm_rolling_loglikelihood_equals_our_perplexity(tmp_path):
+    from lm_eval.api.instance import Instance
+
+    from interp.lm_eval_adapter import BridgeLM
+
+    model = load_model(make_tiny_model(tmp_path, "neox", seed=4, n_ctx=16))
+    text = "import os\nprint(os.getcwd())\n" * 4  # longer than the 16-token window
+    lm = BridgeLM(model, [AttentionBypass(0)])
+    (got,) = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)])
+    want = B.perplexity(model, [text], [AttentionBypass(0)], progress=False)["nll"]
+    assert got == pytest.approx(-want, rel=1e-9)
