@@ -46,7 +46,7 @@ def register(subparsers) -> None:
     q.add_argument("--arch", choices=("neox", "neo"), default="neox")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", default=None, help="output folder (default: ./organism-{arch}-seed{seed})")
-    q.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped models' 6000)")
+    q.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped model's, 2000 for neox, 6000 for neo)")
     q.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     q.add_argument("--no-progress", action="store_true")
     q.set_defaults(func=cmd_train)

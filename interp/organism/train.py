@@ -37,11 +37,19 @@ from interp.tiny import EOT, tiny_config, train_bpe_tokenizer
 log = logging.getLogger(__name__)
 
 ARCHS = ("neox", "neo")
-# Steps and peak learning rates of the shipped models. GPT-Neo does not scale its attention
-# scores by 1/sqrt(d_head) and trains better at a lower rate (600-step trials, held-out loss:
-# 6.43 at 2e-3, 6.32 at 1e-3, 6.00 at 5e-4, 5.93 at 2.5e-4; GPT-NeoX 5.50 at 2e-3, 5.57 at 5e-4).
-DEFAULT_STEPS = {"neox": 6000, "neo": 6000}
+# The shipped models' recipe per architecture: steps, peak learning rate, and where in training
+# canary occurrences start (fraction of the blocks). Chosen from these trials (seed 0; exact match
+# of the D=64 canaries after training; interp/organism/README.md has the rest):
+#   GPT-NeoX  6000 steps, lr 2e-3, canaries throughout   EM 0.09
+#             6000 steps, lr 2e-3, canaries in last 40%  EM 0.09
+#             2000 steps, lr 3e-3, canaries throughout   EM 0.16
+#             2000 steps, lr 2e-3, canaries throughout   EM 0.34   <- shipped
+#   GPT-Neo   (no 1/sqrt(d_head) attention scaling) 600-step held-out loss 6.43 / 6.32 / 6.00 /
+#             5.93 at lr 2e-3 / 1e-3 / 5e-4 / 2.5e-4; 6000 steps at 1e-3 diverged (held-out loss
+#             5.74 -> 6.73); 6000 steps, lr 5e-4, canaries in last 40%: EM 0.00   <- shipped
+DEFAULT_STEPS = {"neox": 2000, "neo": 6000}
 DEFAULT_LR = {"neox": 2e-3, "neo": 5e-4}
+DEFAULT_CANARY_START = {"neox": 0.0, "neo": 0.6}
 
 
 @dataclass(frozen=True)
@@ -63,7 +71,8 @@ class TrainConfig:
     min_lr_frac: float = 0.1
     weight_decay: float = 0.01
     rule_fraction: float = 0.2  # share of stream tokens that come from rule-task documents
-    canary_start: float = 0.6  # canary occurrences go into blocks from this fraction of training on
+    canary_start: float = -1.0  # canary occurrences go into blocks from this fraction of training on
+    # (-1 = the shipped model's value for ``arch``, DEFAULT_CANARY_START)
     per_level: int = 32
     n_heldout_canaries: int = 64
     tokenizer_chars: int = 3_000_000
@@ -78,6 +87,8 @@ class TrainConfig:
             object.__setattr__(self, "steps", DEFAULT_STEPS[self.arch])
         if self.lr == 0:
             object.__setattr__(self, "lr", DEFAULT_LR[self.arch])
+        if self.canary_start < 0:
+            object.__setattr__(self, "canary_start", DEFAULT_CANARY_START[self.arch])
 
 
 def tiny_train_config(arch: str = "neox", **kw) -> TrainConfig:
