@@ -194,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     for folder in args.folders:
         cfg = json.loads((folder / "config.json").read_text())
         fig = DRAW[cfg["method"]](folder, cfg)
-        title = f"{tag(folder)}: {cfg.get('model_name', '')} (truth: {cfg.get('truth')})"
+        name = cfg.get("model_name", "")
+        name = Path(name).name if Path(name).is_absolute() else name  # no machine paths in figures
+        title = f"{tag(folder)}: {name} (truth: {cfg.get('truth')})"
         fig.suptitle(title, fontsize=9, y=1.0)
         _save(fig, args.out / tag(folder))
         if (folder / "knockout.csv").is_file():

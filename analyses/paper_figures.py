@@ -43,9 +43,7 @@ def organism_canary_set(arch: str, out_dir: Path) -> tuple[Path, int]:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"canaries-{arch}.npy"
     meta = path.with_suffix(".json")
-    if path.exists() and meta.exists():
-        return path, json.loads(meta.read_text())["prefix_len"]
-    rows, prefix_len = [], None
+    rows, prefix_len = [], None  # always re-exported (cheap), so a retrained organism's rows are current
     for level in (1, 4, 16, 64):
         part = out_dir / f"canaries-{arch}-D{level}.npy"
         if cli(["organism", "canaries", "--arch", arch, "--duplicates", str(level), "--out", str(part)]) != 0:
@@ -63,7 +61,12 @@ def run_bench(
     from interp.cli import main as cli
     from interp.results import config_hash
 
-    key = config_hash({"analysis": "paper", "model": model, "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
+    from interp.models import resolve_source
+
+    weights = Path(resolve_source(model)) / "model.safetensors"  # a retrained model never reuses old results
+    weights_sha = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
+    key = config_hash({"analysis": "paper", "model": model, "weights_sha256": weights_sha,
+                       "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
                        "prefix_len": prefix_len, "tasks": tasks, "limit": limit})  # fmt: skip
     out = results / key
     if (out / "joined.csv").exists():

@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT / "analyses"))
 log = logging.getLogger("run_all")
 ARCHS = ("neox", "neo")
 LOCALIZE_METHODS = ("block-bypass", "head-bypass", "patching", "attribution")
+KNOCKOUT_TASKS = "rule_count,next_word"
 
 
 def cli(args: list[str]) -> None:
@@ -36,15 +37,31 @@ def cli(args: list[str]) -> None:
         raise SystemExit(f"step failed: interp {' '.join(args)}")
 
 
-def done(folder: Path, marker: str) -> bool:
-    return (folder / marker).exists()
+def weights_tag(arch: str, injected: bool = False) -> str:
+    """sha256 of the organism's weights: a step's folder is reused only for the same weights."""
+    import hashlib
+
+    from interp.organism import organism_path
+
+    return hashlib.sha256((organism_path(arch, injected=injected) / "model.safetensors").read_bytes()).hexdigest()
+
+
+def done(folder: Path, marker: str, weights: str) -> bool:
+    """The step's output is complete and was made from these weights."""
+    stamp_file = folder / "weights.sha256"
+    return (folder / marker).exists() and stamp_file.exists() and stamp_file.read_text().strip() == weights
+
+
+def stamp(folder: Path, weights: str) -> None:
+    (folder / "weights.sha256").write_text(weights + "\n")
 
 
 def theory_step(arch: str, data: Path, prefix_len: int, results: Path, progress: list[str]) -> Path:
     out = results / "theory" / arch
-    if not done(out, "summary.csv"):
+    if not done(out, "summary.csv", weights_tag(arch)):
         cli(["theory", "--model", f"organism:{arch}", "--data", str(data), "--prefix-len", str(prefix_len),
              "--out", str(out), *progress])  # fmt: skip
+        stamp(out, weights_tag(arch))
     return out
 
 
@@ -56,17 +73,24 @@ def localize_step(arch: str, results: Path, progress: list[str]) -> list[Path]:
     except Exception as err:  # the injected variant is optional
         log.warning("skipping localization on %s: %s", arch, err)
         return []
-    data = results / "localize" / f"injected-canaries-{arch}.npy"
-    if not data.exists():
+    data = results / "localize" / arch / "injected-canaries.npy"
+    other = results / "localize" / arch / "memorized-canaries.npy"  # the parent's D=64 canaries
+    if not data.exists() or not done(data.parent, data.name, weights_tag(arch, injected=True)):
         data.parent.mkdir(parents=True, exist_ok=True)
         cli(["organism", "canaries", "--arch", arch, "--injected", "--out", str(data)])
+        cli(["organism", "canaries", "--arch", arch, "--injected", "--duplicates", "64", "--out", str(other)])
+        stamp(data.parent, weights_tag(arch, injected=True))
     prefix_len = json.loads(data.with_suffix(".json").read_text())["prefix_len"]
     folders = []
     for method in LOCALIZE_METHODS:
         out = results / "localize" / arch / method
-        if not done(out, "ranking.csv"):
+        if not done(out, "ranking.csv", weights_tag(arch, injected=True)):
+            # knocking out the top component: its effect on the injected canaries (target), on the
+            # other memorized canaries (other) and on two built-in tasks (general)
+            knockout = ["--knockout", "1", "--other-data", str(other), "--general-tasks", KNOCKOUT_TASKS]
             cli(["localize", "--model", f"organism:{arch}-injected", "--data", str(data), "--prefix-len",
-                 str(prefix_len), "--method", method, "--out", str(out), *progress])  # fmt: skip
+                 str(prefix_len), "--method", method, "--out", str(out), *knockout, *progress])  # fmt: skip
+            stamp(out, weights_tag(arch, injected=True))
         folders.append(out)
     return folders
 
@@ -134,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     if loc_folders:
         import localization_figures
 
-        localization_figures.main([*loc_folders, "--out", str(figures / "localization")])
+        localization_figures.main([*loc_folders, "--out", str(figures / "localization" / "organism")])
 
     table = summary_table({m: paper_figures_mean(t) for m, t in paper_tables.items()}, theory, localize)
     print(table.to_string(index=False))
