@@ -149,7 +149,9 @@ def draw_knockout(folder: Path, cfg: dict) -> plt.Figure:
 def _save(fig: plt.Figure, path: Path) -> None:
     fig.tight_layout()
     for ext in ("png", "pdf"):
-        fig.savefig(path.parent / f"{path.name}.{ext}", dpi=150, bbox_inches="tight")
+        # no creation date in PDFs: a rerun reproduces the committed files byte for byte
+        fig.savefig(path.parent / f"{path.name}.{ext}", dpi=150, bbox_inches="tight",
+                    metadata={"CreationDate": None} if ext == "pdf" else None)  # fmt: skip
     plt.close(fig)
 
 
@@ -171,7 +173,9 @@ def recall_rows(folder: Path, cfg: dict) -> pd.DataFrame | None:
     path = folder / "recall.csv"
     if not path.is_file():
         return None
-    return pd.read_csv(path).assign(model=folder.parent.name, model_name=cfg.get("model_name", ""))
+    name = cfg.get("model_name", "")
+    name = Path(name).name if Path(name).is_absolute() else name  # no machine paths in results
+    return pd.read_csv(path).assign(model=folder.parent.name, model_name=name)
 
 
 def draw_recall_table(recall: pd.DataFrame) -> plt.Figure:

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     for folder in args.results:
         fig = draw(*load(folder))
         for ext in ("png", "pdf"):
-            fig.savefig(args.out / f"{folder.name}.{ext}", dpi=150)
+            fig.savefig(args.out / f"{folder.name}.{ext}", dpi=150, metadata={"CreationDate": None} if ext == "pdf" else None)
         plt.close(fig)
         log.info("wrote %s/%s.png and .pdf", args.out, folder.name)
     return 0
