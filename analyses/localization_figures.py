@@ -169,13 +169,17 @@ def tag(folder: Path) -> str:
     return f"{folder.parent.name}-{folder.name}"
 
 
+def display_name(cfg: dict) -> str:
+    """The model's name for figures and tables: a local folder by its name, never a machine path."""
+    name = str(cfg.get("model_name", ""))
+    return Path(name).name if Path(name).is_absolute() else name
+
+
 def recall_rows(folder: Path, cfg: dict) -> pd.DataFrame | None:
     path = folder / "recall.csv"
     if not path.is_file():
         return None
-    name = cfg.get("model_name", "")
-    name = Path(name).name if Path(name).is_absolute() else name  # no machine paths in results
-    return pd.read_csv(path).assign(model=folder.parent.name, model_name=name)
+    return pd.read_csv(path).assign(model=folder.parent.name, model_name=display_name(cfg))
 
 
 def draw_recall_table(recall: pd.DataFrame) -> plt.Figure:
@@ -198,9 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     for folder in args.folders:
         cfg = json.loads((folder / "config.json").read_text())
         fig = DRAW[cfg["method"]](folder, cfg)
-        name = cfg.get("model_name", "")
-        name = Path(name).name if Path(name).is_absolute() else name  # no machine paths in figures
-        title = f"{tag(folder)}: {name} (truth: {cfg.get('truth')})"
+        title = f"{tag(folder)}: {display_name(cfg)} (truth: {cfg.get('truth')})"
         fig.suptitle(title, fontsize=9, y=1.0)
         _save(fig, args.out / tag(folder))
         if (folder / "knockout.csv").is_file():

@@ -55,17 +55,22 @@ def organism_canary_set(arch: str, out_dir: Path) -> tuple[Path, int]:
     return path, prefix_len
 
 
+def weights_sha256(model: str) -> str | None:
+    """sha256 of a local model folder's ``model.safetensors`` (None for a hub id)."""
+    from interp.models import resolve_source
+
+    weights = Path(resolve_source(model)) / "model.safetensors"
+    return hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
+
+
 def run_bench(
     model: str, data: Path, prefix_len: int, tasks: str | None, results: Path, progress: bool, limit: int | None = None
 ) -> Path:
     from interp.cli import main as cli
     from interp.results import config_hash
 
-    from interp.models import resolve_source
-
-    weights = Path(resolve_source(model)) / "model.safetensors"  # a retrained model never reuses old results
-    weights_sha = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
-    key = config_hash({"analysis": "paper", "model": model, "weights_sha256": weights_sha,
+    # the weights are part of the key: a retrained model never reuses old results
+    key = config_hash({"analysis": "paper", "model": model, "weights_sha256": weights_sha256(model),
                        "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
                        "prefix_len": prefix_len, "tasks": tasks, "limit": limit})  # fmt: skip
     out = results / key

@@ -39,11 +39,9 @@ def cli(args: list[str]) -> None:
 
 def weights_tag(arch: str, injected: bool = False) -> str:
     """sha256 of the organism's weights: a step's folder is reused only for the same weights."""
-    import hashlib
+    from paper_figures import weights_sha256
 
-    from interp.organism import organism_path
-
-    return hashlib.sha256((organism_path(arch, injected=injected) / "model.safetensors").read_bytes()).hexdigest()
+    return weights_sha256(f"organism:{arch}{'-injected' if injected else ''}")
 
 
 def done(folder: Path, marker: str, weights: str) -> bool:

@@ -7,7 +7,7 @@
   times, where copy h bypasses head h. (2) Greedy decoding from the prefix reproduces the suffix
   exactly iff every teacher-forced argmax on the true row is right; otherwise the free-running
   and teacher-forced runs agree up to the first mismatch j, so generation is needed only after
-  it, and only for those rows (the rule of ``interp.memorization.greedy_from_teacher_forcing``,
+  it, and only for those rows (the rule of ``interp.memorization.decode_plan``,
   which also decodes near-tie rows in full); the open rows of all heads are decoded together,
   each row with its own head bypassed (``RowHeadBypass``). The result equals
   ``interp.memorization.evaluate`` per head (tested).

@@ -171,33 +171,6 @@ def decode_plan(suffix: Int[Tensor, "batch T"], tf: dict[str, Tensor]) -> tuple[
     return gen, start, ambiguous | (first < T - 1)
 
 
-def greedy_from_teacher_forcing(
-    model,
-    tokens: Int[Tensor, "batch pos"],
-    prefix_len: int,
-    tf: dict[str, Tensor],
-    interventions: Sequence[Intervention] = (),
-    *,
-    batch_size: int = 32,
-) -> Int[Tensor, "batch T"]:
-    """Greedy continuations of the prefixes, decoding only where the teacher-forced pass cannot
-    tell them: each row follows its suffix up to the first wrong argmax k, whose token is that
-    argmax; decoding resumes after it. Near-tie rows (see ``TIE_MARGIN``) are decoded in full.
-
-    Rows to decode are sorted by where they resume and batched; a batch starts from the
-    earliest resume point among its rows and feeds each row its known tokens until its own
-    resume point (``forced_greedy``), so one cached decode serves rows that resume anywhere."""
-    suffix = tokens[:, prefix_len:]
-    gen, start, todo = decode_plan(suffix, tf)
-    idx = torch.arange(len(tokens))[todo]
-    idx = idx[torch.argsort(start[idx], stable=True)]
-    with apply(model, *interventions):
-        for sl in batches(len(idx), batch_size):
-            rows = idx[sl]
-            gen[rows] = forced_greedy(model, tokens[rows, :prefix_len], gen[rows], start[rows])
-    return gen
-
-
 @torch.no_grad()
 def forced_greedy(
     model,

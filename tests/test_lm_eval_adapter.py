@@ -77,3 +77,26 @@ def test_bridge_lm_rolling_loglikelihood_equals_our_perplexity(tmp_path):
     (got,) = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)])
     want = B.perplexity(model, [text], [AttentionBypass(0)], progress=False)["nll"]
     assert got == pytest.approx(-want, rel=1e-9)
+
+
+def test_bridge_lm_generate_until_equals_hf_greedy_cut_at_the_stop_string(tmp_path):
+    """``generate_until`` under a bypass: HF greedy decoding with the reference bypass, decoded
+    and cut before the first stop string, as the harness expects."""
+    import torch
+    from lm_eval.api.instance import Instance
+    from reference import HFBypass, hf_greedy, load_hf
+
+    from interp.lm_eval_adapter import BridgeLM
+
+    folder = make_tiny_model(tmp_path, "neox", seed=4, n_ctx=64)
+    model, hf = load_model(folder), load_hf(folder)
+    context = "def parse(self, text):\n    return"
+    ctx = model.tokenizer.encode(context, add_special_tokens=False)
+    with torch.no_grad(), HFBypass(hf, [1]):
+        full = model.tokenizer.decode(hf_greedy(hf, torch.tensor([ctx]), 12)[0].tolist(), skip_special_tokens=True)
+    stop = full[3:5]  # a stop string that occurs in the continuation
+    assert len(stop) == 2 and full.index(stop) > 0
+    lm = BridgeLM(model, [AttentionBypass(1)])
+    got = lm.generate_until([Instance("generate_until", {}, (context, {"until": [stop], "max_gen_toks": 12}), 0),
+                             Instance("generate_until", {}, (context, {"until": ["\x00never"], "max_gen_toks": 12}), 1)])
+    assert got == [full[: full.index(stop)], full]
