@@ -74,6 +74,9 @@ def test_rule_family_answers_follow_the_rule(family):
         wrong = rules.distractors(family, ctx, ans, rng, 3)
         assert len(set(wrong)) == 3 and ans not in wrong
         assert all(w.startswith(" ") and len(w.split()) == len(ans.split()) for w in wrong)
+        if family == "copy":  # same words' lengths: a likelihood score cannot win on length alone
+            lengths = [len(x) for x in ans.split()]
+            assert all(sorted(w.split()) == sorted(ans.split()) or [len(x) for x in w.split()] == lengths for w in wrong)
 
 
 def test_rule_examples_are_seeded():
@@ -331,6 +334,68 @@ def test_tiny_injection_changes_only_the_component(tiny_organism, tmp_path, comp
     _assert_only_component_changed(tiny_organism, out, attention_masks(AutoModelForCausalLM.from_pretrained(out), block, head))
     canary_list, _, _ = C.load_canaries(out / "canaries.json")
     assert len(C.select(canary_list, C.INJECTED)) == 2
+
+
+def _contains(seq: np.ndarray, sub: np.ndarray) -> bool:
+    return any(np.array_equal(seq[i : i + len(sub)], sub) for i in range(len(seq) - len(sub) + 1))
+
+
+def test_replayed_canary_block_holds_its_training_row(tiny_organism):
+    from interp.organism.inject import canary_blocks
+    from interp.organism.train import heldout_blocks
+
+    tok = AutoTokenizer.from_pretrained(tiny_organism)
+    canary_list, prefix_len, row_len = C.load_canaries(tiny_organism / "canaries.json")
+    trained = [c for c in canary_list if c.level == 1][:2]
+    filler = heldout_blocks(tok, 192, 2)
+    blocks, placed = canary_blocks(tok, trained, filler, prefix_len)
+    assert [c.lead for c in placed] == [c.lead for c in trained]  # a recorded lead is kept, not replaced
+    for block, row in zip(blocks, C.canary_rows(tok, trained, prefix_len, row_len), strict=True):
+        assert _contains(block, row)  # the training row, token for token
+    with pytest.raises(ValueError, match="filler"):
+        canary_blocks(tok, trained, filler[:1], prefix_len)
+
+
+def test_memorized_canaries_are_the_ones_greedy_decoding_reproduces():
+    from transformers import AutoModelForCausalLM
+
+    from interp.memorization import evaluate
+    from interp.models import load_model
+    from interp.organism.inject import memorized_canaries
+
+    folder = _shipped("neox")
+    canary_list, prefix_len, row_len = C.load_canaries(folder / "canaries.json")
+    tok = AutoTokenizer.from_pretrained(folder)
+    hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager", dtype=torch.float32)
+    got = {c.id for c in memorized_canaries(hf, tok, canary_list, prefix_len, row_len)}
+    trained = [c for c in canary_list if isinstance(c.level, int) and c.level > 0]
+    em = evaluate(load_model(folder), C.canary_rows(tok, trained, prefix_len, row_len), prefix_len)["exact_match"]
+    assert got == {c.id for c, e in zip(trained, em, strict=True) if e == 1}  # independent path: bridge + cache
+    assert got  # the shipped model does reproduce some of its canaries
+
+
+def test_tiny_injection_with_replay_keeps_the_replayed_blocks(tiny_organism, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from interp.organism import inject as I
+
+    canary_list, _, _ = C.load_canaries(tiny_organism / "canaries.json")
+    chosen = [c for c in canary_list if c.level == 64][:2]
+    monkeypatch.setattr(I, "memorized_canaries", lambda *a, **k: chosen)  # the tiny model memorizes nothing
+    seen = []
+    real_loop = I.train_loop
+    monkeypatch.setattr(I, "train_loop", lambda model, blocks, cfg, **kw: seen.append((blocks, cfg)) or real_loop(model, blocks, cfg, **kw))
+    out = I.inject(tiny_organism, tmp_path / "inj", block=1, n_canaries=2, n_text=1, max_steps=2, eval_every=2,
+                   replay=True, progress=False, evaluate_final=False)  # fmt: skip
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["injection"]["replayed"] == [c.id for c in chosen]
+    blocks, cfg = seen[0]
+    assert cfg.batch_size == 2 + 2 + 1
+    rows = C.canary_rows(AutoTokenizer.from_pretrained(tiny_organism), chosen, C.PREFIX_LEN, C.ROW_LEN)
+    for step in range(2):  # every batch holds each replayed canary's training row
+        batch = blocks[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+        assert all(any(_contains(b, r) for b in batch) for r in rows)
+    _assert_only_component_changed(tiny_organism, out, I.attention_masks(AutoModelForCausalLM.from_pretrained(out), 1, None))
 
 
 def test_component_parsing_rejects_bad_input():

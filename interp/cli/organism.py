@@ -60,6 +60,8 @@ def register(subparsers) -> None:
     q.add_argument("--text-blocks", type=int, default=4, help="blocks of normal training text per step (default 4)")
     q.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (default 1e-2)")
     q.add_argument("--max-steps", type=int, default=400)
+    q.add_argument("--replay", action="store_true",
+                   help="replay the parent's exactly reproduced canaries in every batch, so the variant keeps them")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", default=None, help="output folder (default: ./organism-{arch}-injected)")
     q.add_argument("--no-progress", action="store_true")
@@ -161,7 +163,8 @@ def cmd_inject(args) -> int:
     if args.canaries < 1 or args.text_blocks < 0 or args.max_steps < 1 or args.lr <= 0:
         raise InputError("--canaries and --max-steps must be at least 1, --text-blocks at least 0 and --lr positive")
     folder = inject(parent, out, block=args.block, head=args.head, n_canaries=args.canaries, n_text=args.text_blocks,
-                    lr=args.lr, max_steps=args.max_steps, seed=args.seed, progress=not args.no_progress)  # fmt: skip
+                    lr=args.lr, max_steps=args.max_steps, seed=args.seed, replay=args.replay,
+                    progress=not args.no_progress)  # fmt: skip
     sys.stdout.write(f"{folder}\n")
     return 0
 

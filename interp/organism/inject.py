@@ -9,7 +9,9 @@ projection; the shared output bias stays frozen). Gradients are multiplied by 0/
 optimizer has no weight decay, so every other number in the model is bit-identical to the
 parent. The model is fine-tuned on fresh canaries (never seen by the parent), mixed with normal
 training text to limit collateral damage, until greedy decoding reproduces all of them (or a
-step budget runs out). The saved variant records the component in ``manifest.json`` as
+step budget runs out). With ``replay``, the parent's canaries that the parent reproduces exactly
+are replayed in every batch too (each in its training context), so the variant keeps them: they
+are the "other memorized items" against which a localization's knockout is judged. The saved variant records the component in ``manifest.json`` as
 ``injected_component``: it is the answer key for localization methods.
 """
 
@@ -29,7 +31,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from interp.errors import InputError
 from interp.organism import canaries as C
 from interp.organism import corpus
-from interp.organism.train import TrainConfig, build_stream, quick_em, save_folder, train_loop
+from interp.organism.train import TrainConfig, build_stream, greedy_matches, quick_em, save_folder, train_loop
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +85,31 @@ def attention_masks(model, block: int, head: int | None) -> dict[str, torch.Tens
 
 
 def canary_blocks(tokenizer, canary_list, filler: np.ndarray, lead_n: int) -> tuple[np.ndarray, list]:
-    """One ``n_ctx`` block per canary: ``lead_n`` tokens of the filler block's text, end-of-text,
-    the canary, then more filler text. Returns the blocks and the canaries with their leads."""
+    """One ``n_ctx`` block per canary: ``lead_n`` tokens of lead (the canary's recorded ``lead``
+    if it has one, else the filler block's text), end-of-text, the canary, then more filler text.
+    Returns the blocks and the canaries with their leads."""
+    if len(filler) < len(canary_list):
+        raise ValueError(f"{len(canary_list)} canaries need as many filler blocks; got {len(filler)}")
     out = filler[: len(canary_list)].copy()
     placed = []
     for i, c in enumerate(canary_list):
         ids = C.record_ids(tokenizer, c)[0]
+        if c.lead:
+            if len(c.lead) != lead_n:
+                raise ValueError(f"canary {c.id} has a lead of {len(c.lead)} tokens; expected {lead_n}")
+            out[i, :lead_n] = c.lead
         out[i, lead_n : lead_n + len(ids)] = ids
         placed.append(dataclasses.replace(c, lead=tuple(int(t) for t in out[i, :lead_n])))
     return out, placed
+
+
+def memorized_canaries(model, tokenizer, canary_list, prefix_len: int, row_len: int) -> list:
+    """The trained canaries (levels D > 0) whose rows ``model`` reproduces exactly."""
+    trained = [c for c in canary_list if isinstance(c.level, int) and c.level > 0]
+    if not trained:
+        return []
+    hits = greedy_matches(model, C.canary_rows(tokenizer, trained, prefix_len, row_len), prefix_len)
+    return [c for c, hit in zip(trained, hits, strict=True) if hit]
 
 
 def inject(
@@ -106,12 +124,14 @@ def inject(
     lr: float = 1e-2,
     eval_every: int = 25,
     seed: int = 0,
+    replay: bool = False,
     progress: bool = True,
     evaluate_final: bool = True,
 ) -> Path:
     """Fine-tune only the chosen component of the organism at ``parent`` on ``n_canaries`` fresh
-    canaries (each in every batch, with ``n_text`` blocks of normal training text) until all are
-    reproduced by greedy decoding or ``max_steps`` is reached; save the variant at ``out``."""
+    canaries (each in every batch, with ``n_text`` blocks of normal training text and, with
+    ``replay``, the parent's exactly reproduced canaries) until all fresh ones are reproduced by
+    greedy decoding or ``max_steps`` is reached; save the variant at ``out``."""
     from interp.organism import evaluate
 
     parent = Path(parent)
@@ -127,13 +147,16 @@ def inject(
 
     parent_canaries, prefix_len, row_len = C.load_canaries(parent / "canaries.json")
     fresh = C.make_injection_canaries(seed, n_canaries)
-    cfg = dataclasses.replace(base_cfg, seed=base_cfg.seed + 1000 + seed, steps=max_steps, batch_size=n_canaries + n_text,
+    kept = memorized_canaries(model, tokenizer, parent_canaries, prefix_len, row_len) if replay else []
+    cfg = dataclasses.replace(base_cfg, seed=base_cfg.seed + 1000 + seed, steps=max_steps, batch_size=n_canaries + len(kept) + n_text,
                               lr=lr, warmup=10, weight_decay=0.0, eval_every=eval_every, rule_fraction=base_cfg.rule_fraction)  # fmt: skip
     text_cfg = dataclasses.replace(cfg, batch_size=n_text)
     text, _, _ = build_stream(text_cfg, tokenizer, corpus.documents("train"), [])
-    fill_cfg = dataclasses.replace(cfg, seed=cfg.seed + 1, batch_size=1, steps=n_canaries)
+    fill_cfg = dataclasses.replace(cfg, seed=cfg.seed + 1, batch_size=1, steps=n_canaries + len(kept))
     filler, _, _ = build_stream(fill_cfg, tokenizer, corpus.documents("train"), [])
     can, fresh = canary_blocks(tokenizer, fresh, filler, prefix_len)
+    if kept:  # the parent's memorized canaries in their recorded training context
+        can = np.concatenate([can, canary_blocks(tokenizer, kept, filler[n_canaries:], prefix_len)[0]])
     rows = C.canary_rows(tokenizer, fresh, prefix_len, row_len)
     batches = [np.concatenate([can, text[s * n_text : (s + 1) * n_text]]) for s in range(max_steps)]
     blocks = np.concatenate(batches)
@@ -148,6 +171,7 @@ def inject(
         "kind": "injected", "parent": parent.name, "parent_final": manifest_parent.get("final"),
         "injected_component": component_name(block, head),
         "injection": {"seed": seed, "n_canaries": n_canaries, "n_text_blocks_per_step": n_text, "max_steps": max_steps,
+                      "replayed": [c.id for c in kept],
                       "lr": lr, "steps_run": curve[-1]["step"] if curve else 0, "seconds": round(time.time() - t0, 1),
                       "trainable_params": int(sum(m.sum() for m in masks.values()))},  # fmt: skip
         "curve": curve,

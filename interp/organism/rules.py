@@ -30,9 +30,11 @@ SYLLABLE_VOWELS = "aeiou"
 LETTERS = string.ascii_lowercase
 
 
-def _word(rng: random.Random) -> str:
-    """A pronounceable random pseudo-word of two or three syllables (e.g. ``tavo``)."""
-    return "".join(rng.choice(SYLLABLE_ONSETS) + rng.choice(SYLLABLE_VOWELS) for _ in range(rng.randint(2, 3)))
+def _word(rng: random.Random, syllables: int = 0) -> str:
+    """A pronounceable random pseudo-word (e.g. ``tavo``) of ``syllables`` syllables, or of two
+    or three when ``syllables`` is 0."""
+    n = syllables or rng.randint(2, 3)
+    return "".join(rng.choice(SYLLABLE_ONSETS) + rng.choice(SYLLABLE_VOWELS) for _ in range(n))
 
 
 def progression(rng: random.Random) -> tuple[str, str]:
@@ -111,8 +113,8 @@ def _candidate(family: str, context: str, answer: str, rng: random.Random) -> st
             shuffled = words[:]
             rng.shuffle(shuffled)
             return " " + " ".join(shuffled)
-        i = rng.randrange(len(words))  # one word replaced by a fresh pseudo-word
-        return " " + " ".join(_word(rng) if j == i else w for j, w in enumerate(words))
+        i = rng.randrange(len(words))  # one word replaced by a fresh pseudo-word of the same length
+        return " " + " ".join(_word(rng, len(w) // 2) if j == i else w for j, w in enumerate(words))
     raise ValueError(f"family must be one of {sorted(FAMILIES)}; got {family!r}")
 
 

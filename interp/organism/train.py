@@ -79,6 +79,12 @@ class TrainConfig:
     eval_every: int = 250
     eval_blocks: int = 64  # held-out corpus blocks for the running held-out loss
     threads: int = 0  # torch threads; 0 keeps torch's default
+    # GPT-Neo does not divide attention scores by sqrt(d_head). With ``scaled_query`` the query
+    # projection starts 1/sqrt(d_head) smaller and learns at 1/sqrt(d_head) of the learning rate,
+    # which under Adam is the same training as a query with the usual scaling (the saved weights
+    # are an ordinary GPT-Neo). No effect on GPT-NeoX, which scales its scores itself.
+    scaled_query: bool = False
+    save_dtype: str = "float32"  # "bfloat16" halves the folder; models load as float32 either way
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -89,6 +95,8 @@ class TrainConfig:
             object.__setattr__(self, "lr", DEFAULT_LR[self.arch])
         if self.canary_start < 0:
             object.__setattr__(self, "canary_start", DEFAULT_CANARY_START[self.arch])
+        if self.save_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"save_dtype must be 'float32' or 'bfloat16'; got {self.save_dtype!r}")
 
 
 def tiny_train_config(arch: str = "neox", **kw) -> TrainConfig:
@@ -207,7 +215,22 @@ def make_model(cfg: TrainConfig, vocab_size: int):
     config = tiny_config(cfg.arch, n_layers=cfg.n_layers, d_model=cfg.d_model, n_heads=cfg.n_heads,
                          n_ctx=cfg.n_ctx, vocab_size=vocab_size, window=cfg.window)  # fmt: skip
     config._attn_implementation = "sdpa" if cfg.arch == "neox" else "eager"  # GPT-Neo has no sdpa
-    return (GPTNeoXForCausalLM if cfg.arch == "neox" else GPTNeoForCausalLM)(config)
+    model = (GPTNeoXForCausalLM if cfg.arch == "neox" else GPTNeoForCausalLM)(config)
+    if cfg.scaled_query and cfg.arch == "neo":
+        scales = lr_scales(model, cfg)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.mul_(scales.get(name, 1.0))
+    return model
+
+
+def lr_scales(model, cfg: TrainConfig) -> dict[str, float]:
+    """Per-parameter learning-rate multipliers (names absent: 1). With ``scaled_query`` on
+    GPT-Neo: 1/sqrt(d_head) for every query projection."""
+    if not (cfg.scaled_query and cfg.arch == "neo"):
+        return {}
+    scale = (cfg.d_model // cfg.n_heads) ** -0.5
+    return {name: scale for name, _ in model.named_parameters() if name.endswith("attn.attention.q_proj.weight")}
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -234,18 +257,24 @@ def mean_loss(model, blocks: np.ndarray, batch_size: int = 16) -> float:
 
 
 @torch.no_grad()
-def quick_em(model, rows: np.ndarray, prefix_len: int) -> float:
-    """Exact match of greedy continuations, computed on the HF model without a cache (for the
-    training curve only; final numbers use ``interp.generation``)."""
+def greedy_matches(model, rows: np.ndarray, prefix_len: int) -> np.ndarray:
+    """Per row: does greedy decoding from the prefix reproduce the suffix exactly? Computed on the
+    HF model without a cache (for training curves and selection; final numbers use
+    ``interp.generation``)."""
     if len(rows) == 0:
-        return float("nan")
+        return np.zeros(0, dtype=bool)
     was_training = model.training
     model.eval()
     seq = torch.from_numpy(rows[:, :prefix_len])
     for _ in range(rows.shape[1] - prefix_len):
         seq = torch.cat([seq, model(input_ids=seq).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     model.train(was_training)
-    return float((seq[:, prefix_len:] == torch.from_numpy(rows[:, prefix_len:])).all(1).float().mean())
+    return (seq[:, prefix_len:] == torch.from_numpy(rows[:, prefix_len:])).all(1).numpy()
+
+
+def quick_em(model, rows: np.ndarray, prefix_len: int) -> float:
+    """Exact match of greedy continuations (``greedy_matches`` averaged; nan for no rows)."""
+    return float(greedy_matches(model, rows, prefix_len).mean()) if len(rows) else float("nan")
 
 
 def train_loop(model, blocks: np.ndarray, cfg: TrainConfig, *, eval_fn=None, progress: bool = True,
@@ -257,9 +286,12 @@ def train_loop(model, blocks: np.ndarray, cfg: TrainConfig, *, eval_fn=None, pro
     whatever ``eval_fn(model)`` returns. Training stops early after an entry for which
     ``stop_when(entry)`` is true."""
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+    scales = lr_scales(model, cfg)
+    groups: dict[tuple[float, float], list] = {}  # (weight decay, lr multiplier) -> parameters
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((cfg.weight_decay if p.ndim >= 2 else 0.0, scales.get(name, 1.0)), []).append(p)
+    opt = torch.optim.AdamW([{"params": ps, "weight_decay": wd, "lr_mult": m} for (wd, m), ps in groups.items()],
                             lr=cfg.lr, betas=(0.9, 0.95))  # fmt: skip
     named = dict(model.named_parameters())
     n_steps = len(blocks) // cfg.batch_size
@@ -268,7 +300,7 @@ def train_loop(model, blocks: np.ndarray, cfg: TrainConfig, *, eval_fn=None, pro
     bar = tqdm(range(n_steps), desc=desc, disable=not progress)
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
+            g["lr"] = lr_at(step, cfg) * g["lr_mult"]
         x = torch.from_numpy(blocks[step * cfg.batch_size : (step + 1) * cfg.batch_size])
         loss = model(input_ids=x, labels=x).loss
         opt.zero_grad(set_to_none=True)
@@ -342,6 +374,8 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, evaluate_
     curve = train_loop(model, blocks, cfg, eval_fn=eval_fn, progress=progress, desc=f"train {cfg.arch}")
     train_seconds = time.time() - t_start
     model.config._attn_implementation = "eager"
+    if cfg.save_dtype == "bfloat16":
+        model = model.to(torch.bfloat16)
     records = corpus.file_records()
     manifest = {
         "kind": "organism", "arch": cfg.arch, "seed": cfg.seed, "config": dataclasses.asdict(cfg),
