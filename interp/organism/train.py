@@ -44,9 +44,17 @@ ARCHS = ("neox", "neo")
 #             6000 steps, lr 2e-3, canaries in last 40%  EM 0.09
 #             2000 steps, lr 3e-3, canaries throughout   EM 0.16
 #             2000 steps, lr 2e-3, canaries throughout   EM 0.34   <- shipped
+#             2000 steps, lr 1e-3                        EM 0.22
+#             2000 steps, lr 2e-3, min lr 0.5 x peak     EM 0.28
+#             4000 steps of batch 2, lr 2e-3             EM 0.34
+#             d_model 256 (6.8M parameters), 2000 steps  EM 0.28
+#             (every variant leaves the D=64 suffix NLL at 5.6-6.3 nats: about one secret token in
+#             three is uncertain, so exact match stays near 0.3)
 #   GPT-Neo   (no 1/sqrt(d_head) attention scaling) 600-step held-out loss 6.43 / 6.32 / 6.00 /
 #             5.93 at lr 2e-3 / 1e-3 / 5e-4 / 2.5e-4; 6000 steps at 1e-3 diverged (held-out loss
 #             5.74 -> 6.73); 6000 steps, lr 5e-4, canaries in last 40%: EM 0.00   <- shipped
+#             2000 steps, lr 2e-3, query started and trained 1/sqrt(d_head) smaller (Adam's
+#             equivalent of scaled attention): EM 0.00 (D=64 suffix NLL 24 vs 30), perplexity 222
 DEFAULT_STEPS = {"neox": 2000, "neo": 6000}
 DEFAULT_LR = {"neox": 2e-3, "neo": 5e-4}
 DEFAULT_CANARY_START = {"neox": 0.0, "neo": 0.6}
@@ -79,12 +87,6 @@ class TrainConfig:
     eval_every: int = 250
     eval_blocks: int = 64  # held-out corpus blocks for the running held-out loss
     threads: int = 0  # torch threads; 0 keeps torch's default
-    # GPT-Neo does not divide attention scores by sqrt(d_head). With ``scaled_query`` the query
-    # projection starts 1/sqrt(d_head) smaller and learns at 1/sqrt(d_head) of the learning rate,
-    # which under Adam is the same training as a query with the usual scaling (the saved weights
-    # are an ordinary GPT-Neo). No effect on GPT-NeoX, which scales its scores itself.
-    scaled_query: bool = False
-    save_dtype: str = "float32"  # "bfloat16" halves the folder; models load as float32 either way
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -95,8 +97,6 @@ class TrainConfig:
             object.__setattr__(self, "lr", DEFAULT_LR[self.arch])
         if self.canary_start < 0:
             object.__setattr__(self, "canary_start", DEFAULT_CANARY_START[self.arch])
-        if self.save_dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"save_dtype must be 'float32' or 'bfloat16'; got {self.save_dtype!r}")
 
 
 def tiny_train_config(arch: str = "neox", **kw) -> TrainConfig:
@@ -215,22 +215,7 @@ def make_model(cfg: TrainConfig, vocab_size: int):
     config = tiny_config(cfg.arch, n_layers=cfg.n_layers, d_model=cfg.d_model, n_heads=cfg.n_heads,
                          n_ctx=cfg.n_ctx, vocab_size=vocab_size, window=cfg.window)  # fmt: skip
     config._attn_implementation = "sdpa" if cfg.arch == "neox" else "eager"  # GPT-Neo has no sdpa
-    model = (GPTNeoXForCausalLM if cfg.arch == "neox" else GPTNeoForCausalLM)(config)
-    if cfg.scaled_query and cfg.arch == "neo":
-        scales = lr_scales(model, cfg)
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                p.mul_(scales.get(name, 1.0))
-    return model
-
-
-def lr_scales(model, cfg: TrainConfig) -> dict[str, float]:
-    """Per-parameter learning-rate multipliers (names absent: 1). With ``scaled_query`` on
-    GPT-Neo: 1/sqrt(d_head) for every query projection."""
-    if not (cfg.scaled_query and cfg.arch == "neo"):
-        return {}
-    scale = (cfg.d_model // cfg.n_heads) ** -0.5
-    return {name: scale for name, _ in model.named_parameters() if name.endswith("attn.attention.q_proj.weight")}
+    return (GPTNeoXForCausalLM if cfg.arch == "neox" else GPTNeoForCausalLM)(config)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -286,12 +271,9 @@ def train_loop(model, blocks: np.ndarray, cfg: TrainConfig, *, eval_fn=None, pro
     whatever ``eval_fn(model)`` returns. Training stops early after an entry for which
     ``stop_when(entry)`` is true."""
     params = [p for p in model.parameters() if p.requires_grad]
-    scales = lr_scales(model, cfg)
-    groups: dict[tuple[float, float], list] = {}  # (weight decay, lr multiplier) -> parameters
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            groups.setdefault((cfg.weight_decay if p.ndim >= 2 else 0.0, scales.get(name, 1.0)), []).append(p)
-    opt = torch.optim.AdamW([{"params": ps, "weight_decay": wd, "lr_mult": m} for (wd, m), ps in groups.items()],
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=cfg.lr, betas=(0.9, 0.95))  # fmt: skip
     named = dict(model.named_parameters())
     n_steps = len(blocks) // cfg.batch_size
@@ -300,7 +282,7 @@ def train_loop(model, blocks: np.ndarray, cfg: TrainConfig, *, eval_fn=None, pro
     bar = tqdm(range(n_steps), desc=desc, disable=not progress)
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg) * g["lr_mult"]
+            g["lr"] = lr_at(step, cfg)
         x = torch.from_numpy(blocks[step * cfg.batch_size : (step + 1) * cfg.batch_size])
         loss = model(input_ids=x, labels=x).loss
         opt.zero_grad(set_to_none=True)
@@ -374,8 +356,6 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, evaluate_
     curve = train_loop(model, blocks, cfg, eval_fn=eval_fn, progress=progress, desc=f"train {cfg.arch}")
     train_seconds = time.time() - t_start
     model.config._attn_implementation = "eager"
-    if cfg.save_dtype == "bfloat16":
-        model = model.to(torch.bfloat16)
     records = corpus.file_records()
     manifest = {
         "kind": "organism", "arch": cfg.arch, "seed": cfg.seed, "config": dataclasses.asdict(cfg),
