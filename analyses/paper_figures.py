@@ -63,16 +63,29 @@ def weights_sha256(model: str) -> str | None:
     return hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
 
 
+def tasks_sha256(tasks: str | None) -> str:
+    """sha256 over the task files ``interp bench`` would read for ``tasks`` (None: the built-ins)."""
+    from interp import tasks as registry
+
+    names = [t.strip() for t in (tasks or ",".join(registry.BUILTIN)).split(",") if t.strip()]
+    h = hashlib.sha256()
+    for name in names:
+        path = registry.path_of(name) if name in registry.BUILTIN else Path(name)
+        h.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def run_bench(
     model: str, data: Path, prefix_len: int, tasks: str | None, results: Path, progress: bool, limit: int | None = None
 ) -> Path:
     from interp.cli import main as cli
     from interp.results import config_hash
 
-    # the weights are part of the key: a retrained model never reuses old results
+    # weights and task contents are part of the key: a retrained model or regenerated task never
+    # reuses old results
     key = config_hash({"analysis": "paper", "model": model, "weights_sha256": weights_sha256(model),
                        "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
-                       "prefix_len": prefix_len, "tasks": tasks, "limit": limit})  # fmt: skip
+                       "prefix_len": prefix_len, "tasks": tasks, "tasks_sha256": tasks_sha256(tasks), "limit": limit})  # fmt: skip
     out = results / key
     if (out / "joined.csv").exists():
         log.info("reusing %s for %s", out, model)

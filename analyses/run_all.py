@@ -45,7 +45,8 @@ def weights_tag(arch: str, injected: bool = False) -> str:
 
 
 def done(folder: Path, marker: str, weights: str) -> bool:
-    """The step's output is complete and was made from these weights."""
+    """The step's output is complete and was made from these inputs (the tag: weights sha256, plus the
+    knockout tasks' sha256 for localization)."""
     stamp_file = folder / "weights.sha256"
     return (folder / marker).exists() and stamp_file.exists() and stamp_file.read_text().strip() == weights
 
@@ -79,16 +80,19 @@ def localize_step(arch: str, results: Path, progress: list[str]) -> list[Path]:
         cli(["organism", "canaries", "--arch", arch, "--injected", "--duplicates", "64", "--out", str(other)])
         stamp(data.parent, weights_tag(arch, injected=True))
     prefix_len = json.loads(data.with_suffix(".json").read_text())["prefix_len"]
+    from paper_figures import tasks_sha256
+
+    tag = f"{weights_tag(arch, injected=True)} tasks:{tasks_sha256(KNOCKOUT_TASKS)}"  # the knockout reads the tasks
     folders = []
     for method in LOCALIZE_METHODS:
         out = results / "localize" / arch / method
-        if not done(out, "ranking.csv", weights_tag(arch, injected=True)):
+        if not done(out, "ranking.csv", tag):
             # knocking out the top component: its effect on the injected canaries (target), on the
             # other memorized canaries (other) and on two built-in tasks (general)
             knockout = ["--knockout", "1", "--other-data", str(other), "--general-tasks", KNOCKOUT_TASKS]
             cli(["localize", "--model", f"organism:{arch}-injected", "--data", str(data), "--prefix-len",
                  str(prefix_len), "--method", method, "--out", str(out), *knockout, *progress])  # fmt: skip
-            stamp(out, weights_tag(arch, injected=True))
+            stamp(out, tag)
         folders.append(out)
     return folders
 

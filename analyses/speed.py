@@ -60,16 +60,14 @@ def build_inputs(out: Path, n_seq: int, seq_len: int, prefix_len: int, batch_siz
 
 
 def worker_ours(folder: Path, rows: np.ndarray, prefix_len: int, batch_size: int, heads: bool) -> pd.DataFrame:
-    from interp.interventions import AttentionBypass
+    from interp.localize import head_bypass_sweep
     from interp.memorization import sweep
     from interp.models import load_model
 
     model = load_model(folder)
-    configs = None
-    if heads:
-        n_l, n_h = model.cfg.n_layers, model.cfg.n_heads
-        configs = {f"L{l}H{h}": [AttentionBypass(l, heads=[h])] for l in range(n_l) for h in range(n_h)}
-    return sweep(model, rows, prefix_len, configs=configs, batch_size=batch_size, progress=False)
+    if heads:  # the per-head sweep: all heads of a layer share one teacher-forced pass
+        return head_bypass_sweep(model, rows, prefix_len, batch_size=batch_size)
+    return sweep(model, rows, prefix_len, batch_size=batch_size, progress=False)
 
 
 @torch.no_grad()

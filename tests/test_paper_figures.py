@@ -34,6 +34,10 @@ def test_script_computes_once_then_reuses_and_draws(tmp_path, tiny_dirs):
     stamp = joined.stat().st_mtime_ns
     assert paper_figures.main(args) == 0
     assert joined.stat().st_mtime_ns == stamp  # cached result reused, not recomputed
+    task = tmp_path / "toy.jsonl"  # same path and name, new items: the cache must not be reused
+    task.write_text(task.read_text().replace('"gold": 0', '"gold": 2'))
+    assert paper_figures.main(args) == 0
+    assert len(list((tmp_path / "res").glob("*/joined.csv"))) == 2
     table = pd.read_csv(joined)
     assert table.config.tolist() == ["baseline", "block:0", "block:1", "block:2"]
     for name in ["memorization_vs_accuracy", "relative_drop_by_block"]:
