@@ -61,7 +61,7 @@ def register(subparsers) -> None:
     q.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (default 1e-2)")
     q.add_argument("--max-steps", type=int, default=400)
     q.add_argument("--replay", action="store_true",
-                   help="replay the parent's exactly reproduced canaries in every batch, so the variant keeps them")
+                   help="replay the parent's exactly reproduced canaries in every batch (to keep them)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", default=None, help="output folder (default: ./organism-{arch}-injected)")
     q.add_argument("--no-progress", action="store_true")

@@ -10,9 +10,10 @@ optimizer has no weight decay, so every other number in the model is bit-identic
 parent. The model is fine-tuned on fresh canaries (never seen by the parent), mixed with normal
 training text to limit collateral damage, until greedy decoding reproduces all of them (or a
 step budget runs out). With ``replay``, the parent's canaries that the parent reproduces exactly
-are replayed in every batch too (each in its training context), so the variant keeps them: they
-are the "other memorized items" against which a localization's knockout is judged. The saved variant records the component in ``manifest.json`` as
-``injected_component``: it is the answer key for localization methods.
+are replayed in every batch too (each in its training context), to train the variant to keep
+them: they are the "other memorized items" against which a localization's knockout is judged.
+The saved variant records the component in ``manifest.json`` as ``injected_component``: it is
+the answer key for localization methods.
 """
 
 from __future__ import annotations
