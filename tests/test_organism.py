@@ -128,6 +128,43 @@ def tiny_organism(tmp_path_factory):
                  progress=False, evaluate_final=False)  # fmt: skip
 
 
+def test_scaled_query_trains_like_scaled_attention_scores(monkeypatch):
+    """GPT-Neo with ``scaled_query`` (query weights and their learning rate 1/sqrt(d_head)
+    smaller) against an independent model: the unscaled query weights, the query's output divided
+    by sqrt(d_head) in a forward hook (scaled attention scores), ordinary AdamW. After a few steps
+    the two agree: query weights up to the factor, every other weight as is. Three terms do not
+    scale and are switched off here: Adam's epsilon (with the default 1e-8 the query and key
+    weights of this tiny model, whose gradients start near 1e-8, differ by up to 2e-4), gradient
+    clipping, whose global norm sees the query gradients sqrt(d_head) times larger, and weight
+    decay, under which the scaled query decays sqrt(d_head) times more slowly."""
+    import functools
+
+    from interp.organism.train import make_model, tiny_train_config, train_loop
+
+    monkeypatch.setattr(torch.optim, "AdamW", functools.partial(torch.optim.AdamW, eps=1e-30))
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, max_norm: None)
+    cfg = tiny_train_config("neo", scaled_query=True, steps=5, batch_size=2, eval_every=100, weight_decay=0.0)
+    torch.manual_seed(0)
+    scaled = make_model(cfg, 64).double()  # float64: no rounding noise in the comparison
+    torch.manual_seed(0)
+    plain_cfg = dataclasses.replace(cfg, scaled_query=False)
+    plain = make_model(plain_cfg, 64).double()
+    c = (cfg.d_model // cfg.n_heads) ** 0.5
+    q_names = [n for n, _ in plain.named_parameters() if n.endswith("q_proj.weight")]
+    assert q_names and all(torch.allclose(dict(scaled.named_parameters())[n] * c, dict(plain.named_parameters())[n]) for n in q_names)
+    for block in plain.transformer.h:
+        block.attn.attention.q_proj.register_forward_hook(lambda mod, inp, out: out / c)
+    blocks = np.random.default_rng(0).integers(1, 64, (cfg.steps * cfg.batch_size, 24))
+    train_loop(scaled, blocks, cfg, progress=False)
+    train_loop(plain, blocks, plain_cfg, progress=False)
+    got, want = dict(scaled.named_parameters()), dict(plain.named_parameters())
+    for name in want:
+        factor = c if name in q_names else 1.0
+        # HF's GPT-Neo computes attention scores in float32 even in a float64 model, so the query
+        # and key weights carry float32 rounding (~4e-9 here; the weights move by ~1e-2)
+        torch.testing.assert_close(got[name] * factor, want[name], rtol=0, atol=2e-8)
+
+
 def test_tiny_training_run_end_to_end(tiny_organism):
     from interp.generation import greedy_generate
     from interp.models import load_model

@@ -87,6 +87,12 @@ class TrainConfig:
     eval_every: int = 250
     eval_blocks: int = 64  # held-out corpus blocks for the running held-out loss
     threads: int = 0  # torch threads; 0 keeps torch's default
+    # GPT-Neo does not divide attention scores by sqrt(d_head). With ``scaled_query`` the query
+    # projection starts 1/sqrt(d_head) smaller and learns at 1/sqrt(d_head) of the learning rate,
+    # which under Adam is the training of a model with scaled scores, up to Adam's epsilon,
+    # gradient clipping and weight decay (tested with those off). The saved weights are an
+    # ordinary GPT-Neo. No effect on GPT-NeoX, which scales its scores itself.
+    scaled_query: bool = False
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -215,7 +221,23 @@ def make_model(cfg: TrainConfig, vocab_size: int):
     config = tiny_config(cfg.arch, n_layers=cfg.n_layers, d_model=cfg.d_model, n_heads=cfg.n_heads,
                          n_ctx=cfg.n_ctx, vocab_size=vocab_size, window=cfg.window)  # fmt: skip
     config._attn_implementation = "sdpa" if cfg.arch == "neox" else "eager"  # GPT-Neo has no sdpa
-    return (GPTNeoXForCausalLM if cfg.arch == "neox" else GPTNeoForCausalLM)(config)
+    model = (GPTNeoXForCausalLM if cfg.arch == "neox" else GPTNeoForCausalLM)(config)
+    scales = lr_scales(model, cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in scales:
+                p.mul_(scales[name])
+    return model
+
+
+def lr_scales(model, cfg: TrainConfig) -> dict[str, float]:
+    """Per-parameter learning-rate multipliers (names absent: 1). With ``scaled_query`` on
+    GPT-Neo: 1/sqrt(d_head) for every query projection; ``make_model`` also scales their
+    initial values by the same factor."""
+    if not (cfg.scaled_query and cfg.arch == "neo"):
+        return {}
+    scale = (cfg.d_model // cfg.n_heads) ** -0.5
+    return {name: scale for name, _ in model.named_parameters() if name.endswith("attn.attention.q_proj.weight")}
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -271,9 +293,12 @@ def train_loop(model, blocks: np.ndarray, cfg: TrainConfig, *, eval_fn=None, pro
     whatever ``eval_fn(model)`` returns. Training stops early after an entry for which
     ``stop_when(entry)`` is true."""
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+    scales = lr_scales(model, cfg)
+    groups: dict[tuple[float, float], list] = {}  # (weight decay, lr multiplier) -> parameters
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((cfg.weight_decay if p.ndim >= 2 else 0.0, scales.get(name, 1.0)), []).append(p)
+    opt = torch.optim.AdamW([{"params": ps, "weight_decay": wd, "lr_mult": m} for (wd, m), ps in groups.items()],
                             lr=cfg.lr, betas=(0.9, 0.95))  # fmt: skip
     named = dict(model.named_parameters())
     n_steps = len(blocks) // cfg.batch_size
@@ -282,7 +307,7 @@ def train_loop(model, blocks: np.ndarray, cfg: TrainConfig, *, eval_fn=None, pro
     bar = tqdm(range(n_steps), desc=desc, disable=not progress)
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
+            g["lr"] = lr_at(step, cfg) * g["lr_mult"]
         x = torch.from_numpy(blocks[step * cfg.batch_size : (step + 1) * cfg.batch_size])
         loss = model(input_ids=x, labels=x).loss
         opt.zero_grad(set_to_none=True)
