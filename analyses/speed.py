@@ -19,6 +19,7 @@ identical per-sequence EM and TA and CE within 1e-4 relative.
 
     python analyses/speed.py                 # full benchmark (issue: 512 sequences)
     python analyses/speed.py --n-seq 64      # quick look
+    python analyses/speed.py --heads-only    # the per-head sweep alone (all 48 heads)
 """
 
 from __future__ import annotations
@@ -142,6 +143,8 @@ def main() -> int:
     p.add_argument("--prefix-len", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--heads", action="store_true", help="also time the per-head sweep (all 48 heads)")
+    p.add_argument("--heads-only", action="store_true",
+                   help="time only the per-head sweep (reuses the model and rows of an earlier run in --out)")
     p.add_argument("--out", default=str(ROOT / "results" / "speed"))
     p.add_argument("--worker", choices=["reference", "ours", "heads"], help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
@@ -154,6 +157,15 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     folder, rows_path = build_inputs(out, args.n_seq, args.seq_len, args.prefix_len, args.batch_size)
+    if args.heads_only:
+        heads, t_heads = spawn("heads", folder, rows_path, out, args)
+        summary = {"n_seq": args.n_seq, "head_configs": int(heads.config.nunique()),
+                   "head_sweep_seconds": round(t_heads["seconds"], 1), "head_sweep_peak_rss_mb": round(t_heads["peak_rss_mb"]),
+                   "torch_threads": torch.get_num_threads()}  # fmt: skip
+        (out / "heads_summary.json").write_text(json.dumps(summary, indent=2))
+        for k, v in summary.items():
+            print(f"{k:>30}: {v}")
+        return 0
     ours, t_ours = spawn("ours", folder, rows_path, out, args)
     ref, t_ref = spawn("reference", folder, rows_path, out, args)
     problems = compare(ours, ref)

@@ -53,8 +53,10 @@ ARCHS = ("neox", "neo")
 #   GPT-Neo   (no 1/sqrt(d_head) attention scaling) 600-step held-out loss 6.43 / 6.32 / 6.00 /
 #             5.93 at lr 2e-3 / 1e-3 / 5e-4 / 2.5e-4; 6000 steps at 1e-3 diverged (held-out loss
 #             5.74 -> 6.73); 6000 steps, lr 5e-4, canaries in last 40%: EM 0.00   <- shipped
-#             2000 steps, lr 2e-3, query started and trained 1/sqrt(d_head) smaller (Adam's
-#             equivalent of scaled attention): EM 0.00 (D=64 suffix NLL 24 vs 30), perplexity 222
+#             with ``scaled_query`` (below), canaries from the start: 2000 steps at lr 2e-3:
+#             EM 0.00 (D=64 suffix NLL 24 vs 30), perplexity 222; canaries in the last half, 4000
+#             steps: lr 1e-3 EM 0.00, perplexity 201; lr 2e-3 EM 0.00, perplexity 226
+#             untied input/output embeddings, lr 2e-3, 2000 steps: EM 0.00, perplexity 254
 DEFAULT_STEPS = {"neox": 2000, "neo": 6000}
 DEFAULT_LR = {"neox": 2e-3, "neo": 5e-4}
 DEFAULT_CANARY_START = {"neox": 0.0, "neo": 0.6}
