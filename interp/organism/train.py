@@ -44,6 +44,7 @@ ARCHS = ("neox", "neo")
 #             6000 steps, lr 2e-3, canaries in last 40%  EM 0.09
 #             2000 steps, lr 3e-3, canaries throughout   EM 0.16
 #             2000 steps, lr 2e-3, canaries throughout   EM 0.34   <- shipped
+#             1000 steps, lr 2e-3                        EM 0.09   (perplexity 163)
 #             2000 steps, lr 1e-3                        EM 0.22
 #             2000 steps, lr 2e-3, min lr 0.5 x peak     EM 0.28
 #             4000 steps of batch 2, lr 2e-3             EM 0.34
