@@ -191,14 +191,22 @@ def test_tiny_training_run_end_to_end(tiny_organism):
     assert set(rules.FAMILIES) <= set(acc) and 0.0 <= acc["mean_mc_acc"] <= 1.0
 
 
-def test_training_stream_places_canaries_and_excludes_heldout(tiny_organism):
+@pytest.mark.parametrize("epochs", [1, 2, 3])
+def test_training_stream_places_canaries_and_excludes_heldout(tiny_organism, epochs):
     from interp.organism.train import build_stream, tiny_train_config
 
-    cfg = tiny_train_config("neox")
+    cfg = tiny_train_config("neox", steps=90, epochs=epochs)
     tok = AutoTokenizer.from_pretrained(tiny_organism)
     cs = C.make_canaries(cfg.seed, cfg.per_level, cfg.n_heldout_canaries)
-    blocks, stats, placed = build_stream(cfg, tok, corpus.documents("train"), cs)
-    assert blocks.shape == (cfg.steps * cfg.batch_size, cfg.n_ctx)
+    stream, stats, placed = build_stream(cfg, tok, corpus.documents("train"), cs)
+    assert stream.shape == (cfg.steps * cfg.batch_size, cfg.n_ctx)
+    # E passes over one set of distinct blocks: each later pass is the first in another order
+    passes = stream.reshape(epochs, -1, cfg.n_ctx)
+    blocks = passes[0]
+    assert len(np.unique(blocks, axis=0)) == len(blocks)
+    for later in passes[1:]:
+        assert not np.array_equal(later, blocks)
+        assert np.array_equal(np.unique(later, axis=0), np.unique(blocks, axis=0))
     assert [dataclasses.replace(c, lead=()) for c in placed] == cs
     flat = " " + " ".join(map(str, blocks.ravel().tolist())) + " "
 
@@ -213,7 +221,19 @@ def test_training_stream_places_canaries_and_excludes_heldout(tiny_organism):
         assert occurs(row) >= 1 if c.level else occurs(row) == 0, c.id
         assert occurs(c.lead) >= 1 and len(c.lead) == C.PREFIX_LEN
         assert row[C.PREFIX_LEN - C.record_ids(tok, c)[1]] == C.EOT_ID  # the whole record is in the prefix
-    assert stats["canary_occurrences"] == sum(c.level for c in cs)
+    assert stats["canary_occurrences"] == sum(c.level for c in cs)  # duplication level: copies in the set
+    assert stats["tokens"] * epochs == stream.size
+
+
+def test_epochs_must_divide_the_stream():
+    from interp.organism.train import tiny_train_config
+
+    from interp.organism.train import DEFAULT_EPOCHS
+
+    for bad in (-1, 7):  # 30 steps x batch 8 = 240 blocks: 7 does not divide them
+        with pytest.raises(ValueError, match="epochs"):
+            tiny_train_config("neox", steps=30, epochs=bad)
+    assert tiny_train_config("neo", steps=30, epochs=0).epochs == DEFAULT_EPOCHS["neo"]  # 0: the shipped recipe's
 
 
 def test_canary_row_geometry_against_the_text():
@@ -257,6 +277,13 @@ def test_cli_canaries_bad_input_writes_nothing(tiny_organism, tmp_path, argv):
     argv = [a.format(tmp=tmp_path) for a in argv]
     with pytest.raises(InputError):
         _organism_cli(["organism", "canaries", "--model", str(tiny_organism), *argv])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv", [["--epochs", "0"], ["--steps", "0"], ["--steps", "3", "--epochs", "5"]])
+def test_cli_train_rejects_bad_steps_and_epochs_before_training(tmp_path, argv):
+    with pytest.raises(InputError, match="steps|epochs"):
+        _organism_cli(["organism", "train", "--arch", "neox", "--out", str(tmp_path / "m"), *argv])
     assert list(tmp_path.iterdir()) == []
 
 
@@ -388,7 +415,12 @@ def test_replayed_canary_block_holds_its_training_row(tiny_organism):
     blocks, placed = canary_blocks(tok, trained, filler, prefix_len)
     assert [c.lead for c in placed] == [c.lead for c in trained]  # a recorded lead is kept, not replaced
     for block, row in zip(blocks, C.canary_rows(tok, trained, prefix_len, row_len), strict=True):
-        assert _contains(block, row)  # the training row, token for token
+        assert np.array_equal(block[:row_len], row)  # the evaluated row, token for token and at its positions
+    fresh = [dataclasses.replace(c, lead=()) for c in trained]  # no recorded lead: the filler's text is the lead
+    blocks, placed = canary_blocks(tok, fresh, filler, prefix_len)
+    for block, c, f in zip(blocks, placed, filler, strict=True):
+        assert c.lead == tuple(f[:prefix_len].tolist())
+        assert np.array_equal(block[:row_len], C.canary_row(tok, c, prefix_len, row_len))
     with pytest.raises(ValueError, match="filler"):
         canary_blocks(tok, trained, filler[:1], prefix_len)
 

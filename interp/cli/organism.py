@@ -3,7 +3,7 @@
     interp organism path --arch neox [--injected]
     interp organism canaries --arch neox --duplicates 64 --out FILE.npy   (0 = held-out canaries)
     interp organism canaries --arch neox --injected --out FILE.npy        (the injected canaries)
-    interp organism train --arch neox [--seed 0] [--out DIR] [--steps N]
+    interp organism train --arch neox [--seed 0] [--out DIR] [--steps N] [--epochs E]
     interp organism inject --arch neox --block 2 [--head 1] [--out DIR]
     interp organism evaluate --model DIR
     interp organism summary
@@ -46,7 +46,9 @@ def register(subparsers) -> None:
     q.add_argument("--arch", choices=("neox", "neo"), default="neox")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", default=None, help="output folder (default: ./organism-{arch}-seed{seed})")
-    q.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped model's, 2000 for neox, 6000 for neo)")
+    q.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped model's, 4000)")
+    q.add_argument("--epochs", type=int, default=None,
+                   help="passes over the training set (default: the shipped model's); each canary is in the set D times")
     q.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     q.add_argument("--no-progress", action="store_true")
     q.set_defaults(func=cmd_train)
@@ -142,10 +144,13 @@ def cmd_train(args) -> int:
     from interp.organism.train import TrainConfig, train
 
     cfg = TrainConfig(arch=args.arch, seed=args.seed, threads=args.threads)
-    if args.steps is not None:
-        if args.steps < 1:
-            raise InputError(f"--steps must be at least 1; got {args.steps}")
-        cfg = dataclasses.replace(cfg, steps=args.steps)
+    for flag, value in (("--steps", args.steps), ("--epochs", args.epochs)):
+        if value is not None and value < 1:
+            raise InputError(f"{flag} must be at least 1; got {value}")
+    try:
+        cfg = dataclasses.replace(cfg, steps=args.steps or cfg.steps, epochs=args.epochs or cfg.epochs)
+    except ValueError as e:
+        raise InputError(str(e)) from None
     out = Path(args.out or f"organism-{args.arch}-seed{args.seed}")
     folder = train(cfg, out, progress=not args.no_progress)
     sys.stdout.write(f"{folder}\n")

@@ -86,21 +86,25 @@ def attention_masks(model, block: int, head: int | None) -> dict[str, torch.Tens
 
 
 def canary_blocks(tokenizer, canary_list, filler: np.ndarray, lead_n: int) -> tuple[np.ndarray, list]:
-    """One ``n_ctx`` block per canary: ``lead_n`` tokens of lead (the canary's recorded ``lead``
-    if it has one, else the filler block's text), end-of-text, the canary, then more filler text.
-    Returns the blocks and the canaries with their leads."""
+    """One ``n_ctx`` block per canary that starts with the canary's row: the end of its lead
+    (the recorded ``lead`` if it has one, else the filler block's first ``lead_n`` tokens),
+    end-of-text and the record, so the secret sits at position ``lead_n`` as in the evaluated
+    row (a model with learned absolute positions, GPT-Neo, recalls a sequence at the positions
+    it learned it); then the rest of the filler block. Returns the blocks and the canaries with
+    their leads."""
     if len(filler) < len(canary_list):
         raise ValueError(f"{len(canary_list)} canaries need as many filler blocks; got {len(filler)}")
     out = filler[: len(canary_list)].copy()
     placed = []
     for i, c in enumerate(canary_list):
-        ids = C.record_ids(tokenizer, c)[0]
-        if c.lead:
-            if len(c.lead) != lead_n:
-                raise ValueError(f"canary {c.id} has a lead of {len(c.lead)} tokens; expected {lead_n}")
-            out[i, :lead_n] = c.lead
-        out[i, lead_n : lead_n + len(ids)] = ids
-        placed.append(dataclasses.replace(c, lead=tuple(int(t) for t in out[i, :lead_n])))
+        lead = tuple(int(t) for t in (c.lead or filler[i, :lead_n]))
+        if len(lead) != lead_n:
+            raise ValueError(f"canary {c.id} has a lead of {len(lead)} tokens; expected {lead_n}")
+        c = dataclasses.replace(c, lead=lead)
+        need = C.lead_len(tokenizer, c, lead_n)  # lead tokens before end-of-text in the row
+        row = [*lead[lead_n - need :], *C.record_ids(tokenizer, c)[0]]
+        out[i, : len(row)] = row
+        placed.append(c)
     return out, placed
 
 
@@ -150,7 +154,7 @@ def inject(
     fresh = C.make_injection_canaries(seed, n_canaries)
     kept = memorized_canaries(model, tokenizer, parent_canaries, prefix_len, row_len) if replay else []
     cfg = dataclasses.replace(base_cfg, seed=base_cfg.seed + 1000 + seed, steps=max_steps, batch_size=n_canaries + len(kept) + n_text,
-                              lr=lr, warmup=10, weight_decay=0.0, eval_every=eval_every, rule_fraction=base_cfg.rule_fraction)  # fmt: skip
+                              lr=lr, warmup=10, weight_decay=0.0, eval_every=eval_every, rule_fraction=base_cfg.rule_fraction, epochs=1)  # fmt: skip
     text_cfg = dataclasses.replace(cfg, batch_size=n_text)
     text, _, _ = build_stream(text_cfg, tokenizer, corpus.documents("train"), [])
     fill_cfg = dataclasses.replace(cfg, seed=cfg.seed + 1, batch_size=1, steps=n_canaries + len(kept))

@@ -37,30 +37,39 @@ from interp.tiny import EOT, tiny_config, train_bpe_tokenizer
 log = logging.getLogger(__name__)
 
 ARCHS = ("neox", "neo")
-# The shipped models' recipe per architecture: steps, peak learning rate, and where in training
-# canary occurrences start (fraction of the blocks). Chosen from these trials (seed 0; exact match
-# of the D=64 canaries after training; interp/organism/README.md has the rest):
-#   GPT-NeoX  6000 steps, lr 2e-3, canaries throughout   EM 0.09
+# The shipped models' recipe per architecture: steps, passes over the training set, peak learning
+# rate, and where in training canary occurrences start (fraction of the blocks). Chosen from these
+# trials (seed 0; exact match of the D=64 canaries after training; interp/organism/README.md has
+# the rest). One pass unless noted:
+#   GPT-NeoX  4000 steps, 2 passes, lr 2e-3                EM 0.97, D=16 0.03, ppl 64   <- shipped
+#             2000 steps, 2 passes, lr 2e-3                EM 1.00, D=16 0.16, ppl 113
+#             6000 steps, lr 2e-3, canaries throughout   EM 0.09
 #             6000 steps, lr 2e-3, canaries in last 40%  EM 0.09
 #             2000 steps, lr 3e-3, canaries throughout   EM 0.16
-#             2000 steps, lr 2e-3, canaries throughout   EM 0.34   <- shipped
+#             2000 steps, lr 2e-3, canaries throughout   EM 0.34   (shipped until two passes)
 #             1000 steps, lr 2e-3                        EM 0.09   (perplexity 163)
 #             2000 steps, lr 1e-3                        EM 0.22
 #             2000 steps, lr 2e-3, min lr 0.5 x peak     EM 0.28
 #             4000 steps of batch 2, lr 2e-3             EM 0.34
 #             d_model 256 (6.8M parameters), 2000 steps  EM 0.28
-#             (every variant leaves the D=64 suffix NLL at 5.6-6.3 nats: about one secret token in
-#             three is uncertain, so exact match stays near 0.3)
-#   GPT-Neo   (no 1/sqrt(d_head) attention scaling) 600-step held-out loss 6.43 / 6.32 / 6.00 /
+#             (every one-pass variant leaves the D=64 suffix NLL at 5.6-6.3 nats: about one secret
+#             token in three is uncertain, so exact match stays near 0.3; a second pass over the
+#             same set, 2 x 64 sightings, brings it to 1.0-1.3 nats)
+#   GPT-Neo   4000 steps, 4 passes, lr 5e-4                EM 0.81, D=16 0.16, ppl 112  <- shipped
+#             4000 steps, 2 passes, lr 5e-4                EM 0.22, D=16 0.00, ppl 93
+#             4000 steps, 2 passes, lr 2e-3, scaled_query  EM 0.00, ppl 151
+#             (no 1/sqrt(d_head) attention scaling) 600-step held-out loss 6.43 / 6.32 / 6.00 /
 #             5.93 at lr 2e-3 / 1e-3 / 5e-4 / 2.5e-4; 6000 steps at 1e-3 diverged (held-out loss
-#             5.74 -> 6.73); 6000 steps, lr 5e-4, canaries in last 40%: EM 0.00   <- shipped
+#             5.74 -> 6.73); 6000 steps, lr 5e-4, canaries in last 40%: EM 0.00 (shipped until
+#             several passes; perplexity 165)
 #             with ``scaled_query`` (below), canaries from the start: 2000 steps at lr 2e-3:
 #             EM 0.00 (D=64 suffix NLL 24 vs 30), perplexity 222; canaries in the last half, 4000
 #             steps: lr 1e-3 EM 0.00, perplexity 201; lr 2e-3 EM 0.00, perplexity 226
 #             untied input/output embeddings, lr 2e-3, 2000 steps: EM 0.00, perplexity 254
-DEFAULT_STEPS = {"neox": 2000, "neo": 6000}
+DEFAULT_STEPS = {"neox": 4000, "neo": 4000}
 DEFAULT_LR = {"neox": 2e-3, "neo": 5e-4}
-DEFAULT_CANARY_START = {"neox": 0.0, "neo": 0.6}
+DEFAULT_CANARY_START = {"neox": 0.0, "neo": 0.0}
+DEFAULT_EPOCHS = {"neox": 2, "neo": 4}
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,10 @@ class TrainConfig:
     # gradient clipping and weight decay (tested with those off). The saved weights are an
     # ordinary GPT-Neo. No effect on GPT-NeoX, which scales its scores itself.
     scaled_query: bool = False
+    # Passes over the training set. The set holds ``steps * batch_size / epochs`` distinct blocks
+    # with each canary written D times (its duplication level); every pass after the first visits
+    # the blocks in a new seeded order, so a canary is seen D * epochs times.
+    epochs: int = 0  # 0 = the shipped model's value for ``arch`` (DEFAULT_EPOCHS)
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -106,13 +119,18 @@ class TrainConfig:
             object.__setattr__(self, "lr", DEFAULT_LR[self.arch])
         if self.canary_start < 0:
             object.__setattr__(self, "canary_start", DEFAULT_CANARY_START[self.arch])
+        if self.epochs == 0:
+            object.__setattr__(self, "epochs", DEFAULT_EPOCHS[self.arch])
+        if self.epochs < 1 or (self.steps * self.batch_size) % self.epochs:
+            raise ValueError(f"epochs must be a positive divisor of steps * batch_size = {self.steps * self.batch_size}; "
+                             f"got {self.epochs}")  # fmt: skip
 
 
 def tiny_train_config(arch: str = "neox", **kw) -> TrainConfig:
     """A configuration that trains in seconds (for tests): 2 blocks, d_model 32, 30 steps."""
     base = dict(arch=arch, n_layers=2, d_model=32, n_heads=4, n_ctx=192, vocab_size=512, window=16,
                 batch_size=8, steps=30, lr=2e-3, warmup=2, canary_start=0.0, per_level=2, n_heldout_canaries=2,
-                tokenizer_chars=200_000, eval_every=10, eval_blocks=4)  # fmt: skip
+                tokenizer_chars=200_000, eval_every=10, eval_blocks=4, epochs=1)  # fmt: skip
     base.update(kw)
     return TrainConfig(**base)
 
@@ -146,11 +164,13 @@ def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
 
 def build_stream(cfg: TrainConfig, tokenizer, train_docs, canary_list) -> tuple[np.ndarray, dict, list]:
     """``([steps * batch_size, n_ctx]`` int64 training blocks with the canaries written in,
-    statistics, the canaries with their ``lead`` set)``. Each occurrence is end-of-text plus the
+    statistics, the canaries with their ``lead`` set)``. With ``epochs`` E > 1 the blocks are E
+    passes over ``steps * batch_size / E`` distinct blocks (each later pass in a new seeded order).
+    Each occurrence is end-of-text plus the
     record, written at a random offset that leaves at least ``PREFIX_LEN`` tokens of training
     text before it; a canary's lead is that text at its first occurrence (for never-trained
     canaries, text from a random canary-free place)."""
-    n_blocks = cfg.steps * cfg.batch_size
+    n_blocks = cfg.steps * cfg.batch_size // cfg.epochs  # distinct blocks
     need = n_blocks * cfg.n_ctx
     rng = random.Random(f"stream:{cfg.seed}")
     docs = list(train_docs)
@@ -204,6 +224,10 @@ def build_stream(cfg: TrainConfig, tokenizer, train_docs, canary_list) -> tuple[
         "canary_tokens": int(sum(len(canary_ids[c.id]) for c in occurrences)),
         "corpus_epochs": need / max(1, n_corpus + n_rule),
     }  # fmt: skip
+    if cfg.epochs > 1:
+        order = np.random.default_rng(rng.getrandbits(64))
+        blocks = np.concatenate([blocks] + [blocks[order.permutation(n_blocks)] for _ in range(cfg.epochs - 1)])
+        stats.update(epochs=cfg.epochs, tokens_seen=need * cfg.epochs)
     return blocks, stats, placed
 
 
