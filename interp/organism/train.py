@@ -165,11 +165,11 @@ def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
 def build_stream(cfg: TrainConfig, tokenizer, train_docs, canary_list) -> tuple[np.ndarray, dict, list]:
     """``([steps * batch_size, n_ctx]`` int64 training blocks with the canaries written in,
     statistics, the canaries with their ``lead`` set)``. With ``epochs`` E > 1 the blocks are E
-    passes over ``steps * batch_size / E`` distinct blocks (each later pass in a new seeded order).
-    Each occurrence is end-of-text plus the
-    record, written at a random offset that leaves at least ``PREFIX_LEN`` tokens of training
-    text before it; a canary's lead is that text at its first occurrence (for never-trained
-    canaries, text from a random canary-free place)."""
+    passes over ``steps * batch_size / E`` distinct blocks (each later pass in a new seeded
+    order). Each occurrence is end-of-text plus the record, written at a random offset that
+    leaves at least ``PREFIX_LEN`` tokens of training text before it; a canary's lead is that
+    text at its first occurrence (for never-trained canaries, text from a random canary-free
+    place)."""
     n_blocks = cfg.steps * cfg.batch_size // cfg.epochs  # distinct blocks
     need = n_blocks * cfg.n_ctx
     rng = random.Random(f"stream:{cfg.seed}")
