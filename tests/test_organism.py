@@ -226,9 +226,7 @@ def test_training_stream_places_canaries_and_excludes_heldout(tiny_organism, epo
 
 
 def test_epochs_must_divide_the_stream():
-    from interp.organism.train import tiny_train_config
-
-    from interp.organism.train import DEFAULT_EPOCHS
+    from interp.organism.train import DEFAULT_EPOCHS, tiny_train_config
 
     for bad in (-1, 7):  # 30 steps x batch 8 = 240 blocks: 7 does not divide them
         with pytest.raises(ValueError, match="epochs"):
