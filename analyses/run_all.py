@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "analyses"))
 log = logging.getLogger("run_all")
 ARCHS = ("neox", "neo")
 LOCALIZE_METHODS = ("block-bypass", "head-bypass", "patching", "attribution")
-KNOCKOUT_TASKS = "rule_count,next_word"
+KNOCKOUT_TASKS = "rule_count,typo"
 
 
 def cli(args: list[str]) -> None:

@@ -1,20 +1,33 @@
 """Built-in multiple-choice tasks for the model organism: a registry and their generator.
 
-"language" tasks come from held-out real text (``interp.organism.corpus.documents("heldout")``,
-files never trained on):
+A benchmark can show what a bypass costs only on tasks the unmodified model does, so the
+shipped set holds the tasks both organisms do well above chance (tested in
+``tests/test_benchmarks.py``: at least chance + 0.2 on every task).
 
-    next_line      the true next line among 4 lines of the same file (context: 4 lines before it)
-    next_word      the true next identifier among 4 identifiers of the same file
+"language" tasks are minimal pairs from held-out real text (``interp.organism.corpus.
+documents("heldout")``, files never trained on): the true line against the same text corrupted
+at one level, context the 3 non-blank lines before it.
 
-Distractors are drawn from the file's occurrences, weighted like the true answer, so a model that
-knows only how frequent a line or word is stays at chance.
-    swapped_words  the true line vs the same line with two of its words swapped
+    typo           the true line vs 3 copies, each with one word (4+ characters) misspelled by
+                   swapping two adjacent different characters (character level; 4 choices)
+    swapped_words  the true line vs the same line with two of its words swapped (word level;
+                   2 choices, indentation kept)
+    line_order     the next two lines in order vs in swapped order (line level; 2 choices)
 
-"reasoning" tasks come from the rule families of ``interp.organism.rules`` (one task per family,
-the true answer among itself and 3 distractors of the same form, ``rules.distractors``):
-``rule_progression``, ``rule_brackets``, ``rule_copy``, ``rule_count``, ``rule_successor``. The
-rules' input spaces are small (``count`` has 9 contexts), so reasoning items may coincide with
-training instances; what is measured is applying the rule, not recalling unseen text.
+The choices of an item are rearrangements of the same characters, so neither a length prior
+nor a character-frequency prior can tell them apart.
+
+"reasoning" tasks come from the rule families of ``interp.organism.rules`` (the true answer
+among itself and 3 distractors of the same form, ``rules.distractors``): ``rule_brackets``,
+``rule_count``, ``rule_successor``. The rules' input spaces are small (``count`` has 9
+contexts), so reasoning items may coincide with training instances; what is measured is
+applying the rule, not recalling unseen text.
+
+Measured and left out (baseline accuracy on 250 items, GPT-NeoX / GPT-Neo organism, chance
+0.25): the true next line among 3 other lines of the same file (0.30 / 0.28) or of other
+held-out files (0.34 / 0.31); the true next identifier among 3 of the same file (0.43 / 0.42);
+``copy`` (0.20 / 0.23: neither organism learned to copy a span it was just shown);
+``progression`` (0.63 / 0.34). ``rule_task`` still generates any rule family.
 
 Every task is generated from its own seeded ``random.Random(f"bench:{name}")`` and shipped as
 JSONL under ``interp/tasks_data/`` (schema of ``interp.benchmarks``), so results do not depend on
@@ -37,15 +50,15 @@ from interp.errors import InputError
 TASKS_DIR = Path(__file__).parent / "tasks_data"
 N_ITEMS = 250
 N_CHOICES = 4
-LANGUAGE = ("next_line", "next_word", "swapped_words")
-RULE_FAMILIES = ("progression", "brackets", "copy", "count", "successor")
+LANGUAGE = ("typo", "swapped_words", "line_order")
+RULE_FAMILIES = ("brackets", "count", "successor")  # shipped; rules.FAMILIES has more
 BUILTIN: dict[str, str] = {
     **{name: "language" for name in LANGUAGE},
     **{f"rule_{f}": "reasoning" for f in RULE_FAMILIES},
 }
 
 Item = dict  # {"context": str, "choices": [str, ...], "gold": int}
-_IDENT = re.compile(r"(?<= )[A-Za-z_][A-Za-z0-9_]{2,}")
+_WORD = re.compile(r"\b[A-Za-z_][A-Za-z0-9_]{3,}\b")
 
 
 def path_of(name: str) -> Path:
@@ -72,78 +85,76 @@ def _ok_line(line: str) -> bool:
     return 8 <= len(line.strip()) <= 100
 
 
-def _draw_distinct(pool: list[str], exclude: str, k: int, rng: random.Random) -> list[str] | None:
-    """``k`` distinct values drawn from the occurrences in ``pool`` (so with the same frequency
-    weighting as the true answer, which leaves a unigram prior at chance), none equal to
-    ``exclude``; None when the pool has fewer than ``k`` distinct other values."""
-    others = [x for x in pool if x != exclude]
-    if len(set(others)) < k:
-        return None
-    out: list[str] = []
-    while len(out) < k:
-        x = rng.choice(others)
-        if x not in out:
-            out.append(x)
-    return out
-
-
-def next_line_item(doc: str, rng: random.Random) -> Item | None:
-    """Context: 4 non-blank lines; choices: ``"\\n" + line`` for the true next line and 3 other
-    distinct lines of the same file. None when the drawn position does not qualify."""
+def _line_at(doc: str, rng: random.Random, n_context: int = 3, n_after: int = 0) -> tuple[str, list[str], int] | None:
+    """(context, lines, i): a random line index ``i`` with ``n_context`` lines before it and
+    ``n_after`` after it, in a file of at least 8 non-blank lines; None when too short."""
     lines = _usable_lines(doc)
-    if len(lines) < 12:
+    if len(lines) < max(8, n_context + n_after + 1):
         return None
-    i = rng.randrange(4, len(lines))
-    wrong = _draw_distinct([ln for ln in lines[4:] if _ok_line(ln)], lines[i], N_CHOICES - 1, rng)
-    if not _ok_line(lines[i]) or wrong is None:
-        return None
-    return _mc_item("\n".join(lines[i - 4 : i]), "\n" + lines[i], ["\n" + w for w in wrong], rng)
+    i = rng.randrange(n_context, len(lines) - n_after)
+    return "\n".join(lines[i - n_context : i]), lines, i
 
 
-def next_word_item(doc: str, rng: random.Random) -> Item | None:
-    """Context: up to 6 lines ending just before a space-preceded identifier; choices: ``" " +
-    identifier`` for it and 3 other identifiers of the same file."""
-    matches = list(_IDENT.finditer(doc))
-    if len(matches) < 20:
+def typo_item(doc: str, rng: random.Random) -> Item | None:
+    """Context: 3 non-blank lines; choices: the true next line and 3 distinct copies of it, each
+    with one word of 4+ characters misspelled by swapping two adjacent different characters."""
+    drawn = _line_at(doc, rng)
+    if drawn is None:
         return None
-    m = rng.choice(matches)
-    start = m.start()
-    for _ in range(6):
-        start = max(0, doc.rfind("\n", 0, start))
-        if start == 0:
-            break
-    context = doc[start : m.start() - 1].lstrip("\n")
-    wrong = _draw_distinct([x.group() for x in matches], m.group(), N_CHOICES - 1, rng)
-    if not context.strip() or wrong is None:
+    context, lines, i = drawn
+    line = lines[i]
+    words = list(_WORD.finditer(line))
+    if not words or not _ok_line(line):
         return None
-    return _mc_item(context, " " + m.group(), [" " + w for w in wrong], rng)
+    wrong: list[str] = []
+    for _ in range(50):
+        m = rng.choice(words)
+        w, j = m.group(), rng.randrange(len(m.group()) - 1)
+        if w[j] == w[j + 1]:
+            continue
+        typo = line[: m.start()] + w[:j] + w[j + 1] + w[j] + w[j + 2 :] + line[m.end() :]
+        if typo not in wrong:
+            wrong.append(typo)
+        if len(wrong) == N_CHOICES - 1:
+            return _mc_item(context, "\n" + line, ["\n" + t for t in wrong], rng)
+    return None
 
 
 def swapped_words_item(doc: str, rng: random.Random) -> Item | None:
     """Context: 3 non-blank lines; choices: the true next line and that line with two of its
-    distinct whitespace-separated words swapped (indentation kept)."""
-    lines = _usable_lines(doc)
-    if len(lines) < 8:
+    distinct whitespace-separated words swapped in place (all spacing kept)."""
+    drawn = _line_at(doc, rng)
+    if drawn is None:
         return None
-    i = rng.randrange(3, len(lines))
+    context, lines, i = drawn
     line = lines[i]
-    indent, words = line[: len(line) - len(line.lstrip())], line.split()
+    words = list(re.finditer(r"\S+", line))
     if len(words) < 3 or not _ok_line(line):
         return None
-    a, b = rng.sample(range(len(words)), 2)
-    if words[a] == words[b]:
+    a, b = sorted(rng.sample(range(len(words)), 2))
+    wa, wb = words[a], words[b]
+    if wa.group() == wb.group():
         return None
-    words[a], words[b] = words[b], words[a]
-    swapped = indent + " ".join(words)
-    if swapped == line:
+    swapped = line[: wa.start()] + wb.group() + line[wa.end() : wb.start()] + wa.group() + line[wb.end() :]
+    return _mc_item(context, "\n" + line, ["\n" + swapped], rng)
+
+
+def line_order_item(doc: str, rng: random.Random) -> Item | None:
+    """Context: 3 non-blank lines; choices: the next two lines in order and in swapped order."""
+    drawn = _line_at(doc, rng, n_after=1)
+    if drawn is None:
         return None
-    return _mc_item("\n".join(lines[i - 3 : i]), "\n" + line, ["\n" + swapped], rng)
+    context, lines, i = drawn
+    first, second = lines[i], lines[i + 1]
+    if first.strip() == second.strip() or not (_ok_line(first) and _ok_line(second)):
+        return None
+    return _mc_item(context, f"\n{first}\n{second}", [f"\n{second}\n{first}"], rng)
 
 
 LANGUAGE_MAKERS: dict[str, Callable[[str, random.Random], Item | None]] = {
-    "next_line": next_line_item,
-    "next_word": next_word_item,
+    "typo": typo_item,
     "swapped_words": swapped_words_item,
+    "line_order": line_order_item,
 }
 
 

@@ -215,6 +215,47 @@ def test_language_tasks_are_deterministic():
         assert all(it["choices"][it["gold"]] != c for it in first for i, c in enumerate(it["choices"]) if i != it["gold"])
 
 
+def _adjacent_transposition(a: str, b: str) -> bool:
+    """``b`` is ``a`` with two adjacent, different characters swapped."""
+    d = [i for i in range(len(a)) if a[i] != b[i]] if len(a) == len(b) else []
+    return len(d) == 2 and d[1] == d[0] + 1 and a[d[0]] == b[d[1]] and a[d[1]] == b[d[0]]
+
+
+def test_language_items_are_minimal_pairs_of_the_true_text():
+    """Each wrong choice is the true text corrupted at one level, nothing else changed."""
+    lines = [f"    value_{i}  = compute(item_{i}, other_{i % 7}) + {i}" for i in range(60)]
+    docs = [("a.py", "\n".join(lines))]
+    for name in T.LANGUAGE:
+        for it in T.language_task(name, docs, 30):
+            gold, choices = it["choices"][it["gold"]], it["choices"]
+            context_lines = it["context"].split("\n")
+            i = lines.index(context_lines[-1]) + 1
+            assert context_lines == lines[i - 3 : i]
+            wrong = [c for j, c in enumerate(choices) if j != it["gold"]]
+            assert all(sorted(c) == sorted(gold) for c in wrong)  # same characters
+            if name == "typo":
+                assert gold == "\n" + lines[i] and len(set(wrong)) == 3
+                assert all(_adjacent_transposition(gold, c) for c in wrong)
+            elif name == "swapped_words":
+                assert gold == "\n" + lines[i] and len(wrong) == 1
+                gw, ww = gold.split(" "), wrong[0].split(" ")  # spacing kept: same split pattern
+                diff = [k for k in range(len(gw)) if gw[k] != ww[k]]
+                assert len(diff) == 2 and gw[diff[0]] == ww[diff[1]] and gw[diff[1]] == ww[diff[0]]
+            else:
+                assert gold == f"\n{lines[i]}\n{lines[i + 1]}" and wrong == [f"\n{lines[i + 1]}\n{lines[i]}"]
+
+
+@pytest.mark.parametrize("arch", ["neox", "neo"])
+def test_shipped_tasks_are_well_above_chance_on_the_shipped_organism(arch):
+    """The issue's bar for the built-in tasks: the unmodified organism does every one well above
+    chance (here: at least chance + 0.2 on all items), so a bypass's cost can show."""
+    model = load_model(f"organism:{arch}")
+    tasks = B.resolve_tasks(",".join(T.BUILTIN))
+    df = B.evaluate(model, tasks, {"baseline": []}, batch_size=64, progress=False)
+    low = df[df["acc"] < df["chance"] + 0.2]
+    assert low.empty, low[["task", "acc", "chance"]].to_string()
+
+
 def test_encode_pair_matches_lm_eval_when_installed(tiny):
     lm_eval_model = pytest.importorskip("lm_eval.api.model", reason="lm-eval is not installed")
     _, model = tiny

@@ -37,7 +37,7 @@ def local_tasks(tmp_path_factory):
     """Two local harness tasks made from shipped items (one rule task, one language task)."""
     folder = tmp_path_factory.mktemp("lmeval_tasks")
     names = []
-    for source in ("rule_count", "next_line"):
+    for source in ("rule_count", "typo"):
         items = T.path_of(source).read_text().splitlines()[:12]
         data = folder / f"{source}.jsonl"
         data.write_text("\n".join(items) + "\n")
