@@ -8,14 +8,15 @@ shipped set holds the tasks both organisms do well above chance (tested in
 documents("heldout")``, files never trained on): the true line against the same text corrupted
 at one level, context the 3 non-blank lines before it.
 
-    typo           the true line vs 3 copies, each with one word (4+ characters) misspelled by
-                   swapping two adjacent different characters (character level; 4 choices)
+    typo           the true line vs 3 copies, each with two adjacent different characters of
+                   one word (4+ letters, digits or underscores) swapped (character level; 4 choices)
     swapped_words  the true line vs the same line with two of its words swapped (word level;
                    2 choices, indentation kept)
     line_order     the next two lines in order vs in swapped order (line level; 2 choices)
 
 The choices of an item are rearrangements of the same characters, so neither a length prior
-nor a character-frequency prior can tell them apart.
+nor a character-frequency prior can tell them apart (a token-frequency prior can: a misspelt
+word tends to split into rarer tokens). Each (context, true answer) appears once per task.
 
 "reasoning" tasks come from the rule families of ``interp.organism.rules`` (the true answer
 among itself and 3 distractors of the same form, ``rules.distractors``): ``rule_brackets``,
@@ -23,11 +24,14 @@ among itself and 3 distractors of the same form, ``rules.distractors``): ``rule_
 contexts), so reasoning items may coincide with training instances; what is measured is
 applying the rule, not recalling unseen text.
 
-Measured and left out (baseline accuracy on 250 items, GPT-NeoX / GPT-Neo organism, chance
-0.25): the true next line among 3 other lines of the same file (0.30 / 0.28) or of other
-held-out files (0.34 / 0.31); the true next identifier among 3 of the same file (0.43 / 0.42);
-``copy`` (0.20 / 0.23: neither organism learned to copy a span it was just shown);
-``progression`` (0.63 / 0.34). ``rule_task`` still generates any rule family.
+Baseline accuracy on all 250 items,
+GPT-NeoX / GPT-Neo organism: typo 0.94 / 0.93 (chance 0.25), swapped_words 0.93 / 0.91 and
+line_order 0.76 / 0.72 (chance 0.5), brackets 0.86 / 0.83, count 1.00 / 0.64, successor
+0.99 / 0.96 (chance 0.25). Measured and left out (chance 0.25): the true next line among 3
+other lines of the same file (0.30 / 0.28) or of other held-out files (0.34 / 0.31); the true
+next identifier among 3 of the same file (0.43 / 0.42); ``copy`` (0.20 / 0.23: neither organism
+learned to copy a span it was just shown); ``progression`` (0.63 / 0.34). ``rule_task`` still
+generates any rule family.
 
 Every task is generated from its own seeded ``random.Random(f"bench:{name}")`` and shipped as
 JSONL under ``interp/tasks_data/`` (schema of ``interp.benchmarks``), so results do not depend on
@@ -165,7 +169,7 @@ def language_task(name: str, docs: list[tuple[str, str]], n: int = N_ITEMS) -> l
     seen: set[str] = set()
     for _ in range(200 * n):
         item = make(rng.choice(docs)[1], rng)
-        key = json.dumps(item, sort_keys=True) if item else ""
+        key = json.dumps([item["context"], item["choices"][item["gold"]]]) if item else ""  # one question once
         if item and key not in seen:
             seen.add(key)
             items.append(item)

@@ -222,11 +222,15 @@ def _adjacent_transposition(a: str, b: str) -> bool:
 
 
 def test_language_items_are_minimal_pairs_of_the_true_text():
-    """Each wrong choice is the true text corrupted at one level, nothing else changed."""
-    lines = [f"    value_{i}  = compute(item_{i}, other_{i % 7}) + {i}" for i in range(60)]
-    docs = [("a.py", "\n".join(lines))]
+    """Each wrong choice is the true text corrupted at one level, nothing else changed; the
+    context is the 3 non-blank lines before the answer (trailing whitespace dropped)."""
+    raw = [f"    value_{i}  = compute(item_{i}, other_{i % 7}) + {i}" + " " * (i % 3) for i in range(60)]
+    text = "\n".join(line + ("\n\n   " if i % 5 == 0 else "") for i, line in enumerate(raw))
+    lines = [line.rstrip() for line in raw]  # the non-blank lines, as the context shows them
     for name in T.LANGUAGE:
-        for it in T.language_task(name, docs, 30):
+        items = T.language_task(name, [("a.py", text)], 30)
+        assert len({(it["context"], it["choices"][it["gold"]]) for it in items}) == len(items)
+        for it in items:
             gold, choices = it["choices"][it["gold"]], it["choices"]
             context_lines = it["context"].split("\n")
             i = lines.index(context_lines[-1]) + 1
@@ -235,21 +239,31 @@ def test_language_items_are_minimal_pairs_of_the_true_text():
             assert all(sorted(c) == sorted(gold) for c in wrong)  # same characters
             if name == "typo":
                 assert gold == "\n" + lines[i] and len(set(wrong)) == 3
-                assert all(_adjacent_transposition(gold, c) for c in wrong)
+                for c in wrong:
+                    assert _adjacent_transposition(gold, c)
+                    k = next(k for k in range(len(gold)) if gold[k] != c[k])
+                    assert any(m.start() <= k and k + 2 <= m.end() for m in T._WORD.finditer(gold)), (gold, c)
             elif name == "swapped_words":
                 assert gold == "\n" + lines[i] and len(wrong) == 1
-                gw, ww = gold.split(" "), wrong[0].split(" ")  # spacing kept: same split pattern
+                gw, ww = gold.split(" "), wrong[0].split(" ")
+                assert len(gw) == len(ww)  # spacing kept: the same split pattern
                 diff = [k for k in range(len(gw)) if gw[k] != ww[k]]
                 assert len(diff) == 2 and gw[diff[0]] == ww[diff[1]] and gw[diff[1]] == ww[diff[0]]
             else:
                 assert gold == f"\n{lines[i]}\n{lines[i + 1]}" and wrong == [f"\n{lines[i + 1]}\n{lines[i]}"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["neox", "neo"])
 def test_shipped_tasks_are_well_above_chance_on_the_shipped_organism(arch):
     """The issue's bar for the built-in tasks: the unmodified organism does every one well above
     chance (here: at least chance + 0.2 on all items), so a bypass's cost can show."""
-    model = load_model(f"organism:{arch}")
+    from interp.organism import organism_path
+
+    try:
+        model = load_model(organism_path(arch))
+    except InputError as err:
+        pytest.skip(f"organism {arch!r} is not shipped: {err}")
     tasks = B.resolve_tasks(",".join(T.BUILTIN))
     df = B.evaluate(model, tasks, {"baseline": []}, batch_size=64, progress=False)
     low = df[df["acc"] < df["chance"] + 0.2]
