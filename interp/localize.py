@@ -85,13 +85,7 @@ _TF_KEYS = ("completion_entropy", "suffix_nll", "argmax", "margin")
 
 
 def _tf_stats(suffix_logits: Float[Tensor, "batch T vocab"], suffix: Int[Tensor, "batch T"]) -> dict[str, Tensor]:
-    top2 = suffix_logits.topk(2, dim=-1)
-    return {
-        "completion_entropy": metrics.completion_entropy(suffix_logits),
-        "suffix_nll": metrics.suffix_nll(suffix_logits, suffix),
-        "argmax": top2.indices[..., 0],
-        "margin": top2.values[..., 0] - top2.values[..., 1],
-    }
+    return metrics.teacher_forced_summary(suffix_logits, suffix)
 
 
 @dataclass(frozen=True)

@@ -122,15 +122,8 @@ def _tf_batch(model, tokens: Tensor, prefix_len: int, *, keep_cache: bool) -> tu
         logits, cache = model(x, return_type="logits_and_cache", use_cache=True, logits_to_keep=T)
     else:
         logits, cache = model(x, return_type="logits", logits_to_keep=T), None
-    logits = logits.float()
-    top2 = logits.topk(2, dim=-1)
-    stats = {
-        "completion_entropy": metrics.completion_entropy(logits).cpu(),
-        "suffix_nll": metrics.suffix_nll(logits, tokens[:, prefix_len:].to(device)).cpu(),
-        "argmax": top2.indices[..., 0].cpu(),
-        "margin": (top2.values[..., 0] - top2.values[..., 1]).cpu(),
-    }
-    return stats, cache
+    stats = metrics.teacher_forced_summary(logits, tokens[:, prefix_len:].to(device))
+    return {k: v.cpu() for k, v in stats.items()}, cache
 
 
 @torch.no_grad()

@@ -56,13 +56,41 @@ def match_length(generated: Int[Tensor, "batch T"], suffix: Int[Tensor, "batch T
     return (generated == suffix).long().cumprod(dim=1).sum(dim=1)
 
 
+_CHUNK = 16  # positions per pass: a chunk's logits stay in cache (about 2x faster on CPU than whole-tensor passes)
+
+
+def _per_position(x: Float[Tensor, "*pos vocab"], tokens: Tensor | None = None, top2: bool = False) -> dict[str, Tensor]:
+    """Per-position statistics of float32 logits ``x``, computed ``_CHUNK`` positions at a time:
+    ``lse`` (logsumexp), ``entropy`` (``lse - E_p[x]``, nats; ``-inf`` logits have probability 0
+    and contribute 0), with ``tokens`` the ``nll`` of each token (float64), with ``top2`` the
+    ``argmax`` and the top-1 minus top-2 ``margin``."""
+    shape, V = x.shape[:-1], x.shape[-1]
+    flat = x.reshape(-1, V)
+    flat_tokens = None if tokens is None else tokens.reshape(-1)
+    out: dict[str, list[Tensor]] = {"lse": [], "entropy": []}
+    if tokens is not None:
+        out["nll"] = []
+    if top2:
+        out["argmax"], out["margin"] = [], []
+    for i in range(0, flat.shape[0], _CHUNK):
+        c = flat[i : i + _CHUNK]
+        lse = torch.logsumexp(c, dim=-1)
+        p = torch.exp(c - lse[:, None])
+        finite = c.nan_to_num(0.0, neginf=0.0) if bool(torch.isneginf(c).any()) else c
+        out["lse"].append(lse)
+        out["entropy"].append(lse - (p * finite).sum(dim=-1))
+        if flat_tokens is not None:
+            out["nll"].append(lse.double() - c.gather(-1, flat_tokens[i : i + _CHUNK, None]).squeeze(-1).double())
+        if top2:
+            t2 = c.topk(2, dim=-1)
+            out["argmax"].append(t2.indices[:, 0])
+            out["margin"].append(t2.values[:, 0] - t2.values[:, 1])
+    return {k: torch.cat(v).reshape(shape) for k, v in out.items()}
+
+
 def completion_entropy(suffix_logits: Float[Tensor, "batch T vocab"]) -> Float[Tensor, " batch"]:
     """Sum over the T suffix positions of the next-token entropy in nats (teacher-forced)."""
-    x = suffix_logits.float()
-    lse = torch.logsumexp(x, dim=-1)
-    p = torch.softmax(x, dim=-1)
-    ent = lse - (p * x.nan_to_num(0.0, neginf=0.0)).sum(dim=-1)  # H = logsumexp(x) - E_p[x]
-    return ent.sum(dim=1)
+    return _per_position(suffix_logits.float())["entropy"].sum(dim=1)
 
 
 def teacher_forced_accuracy(
@@ -73,9 +101,18 @@ def teacher_forced_accuracy(
 
 
 def suffix_token_nll(suffix_logits: Float[Tensor, "batch T vocab"], suffix: Int[Tensor, "batch T"]) -> Float[Tensor, "batch T"]:
-    """Per-position negative log-likelihood (nats) of the true suffix tokens."""
-    logp = torch.log_softmax(suffix_logits.double(), dim=-1)
-    return -logp.gather(-1, suffix[..., None]).squeeze(-1)
+    """Per-position negative log-likelihood (nats) of the true suffix tokens,
+    ``logsumexp(x) - x[token]`` (the logsumexp in float32, the difference in float64)."""
+    return _per_position(suffix_logits.float(), suffix)["nll"]
+
+
+def teacher_forced_summary(suffix_logits: Float[Tensor, "batch T vocab"], suffix: Int[Tensor, "batch T"]) -> dict[str, Tensor]:
+    """The per-row teacher-forced statistics of a sweep in one pass over the suffix logits:
+    ``completion_entropy`` and ``suffix_nll`` [batch], the ``argmax`` token and the top-1 minus
+    top-2 logit ``margin`` [batch, T]."""
+    st = _per_position(suffix_logits.float(), suffix, top2=True)
+    return {"completion_entropy": st["entropy"].sum(dim=1), "suffix_nll": st["nll"].sum(dim=1),
+            "argmax": st["argmax"], "margin": st["margin"]}  # fmt: skip
 
 
 def suffix_nll(suffix_logits: Float[Tensor, "batch T vocab"], suffix: Int[Tensor, "batch T"]) -> Float[Tensor, " batch"]:

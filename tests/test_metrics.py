@@ -62,7 +62,29 @@ def test_suffix_nll_matches_hand_computation():
     suf = torch.randint(0, 9, (3, 4))
     logp = torch.log_softmax(logits.double(), -1)
     ref = -sum(logp[:, j].gather(-1, suf[:, j, None]).squeeze(-1) for j in range(4))
-    torch.testing.assert_close(metrics.suffix_nll(logits, suf), ref)
+    torch.testing.assert_close(metrics.suffix_nll(logits, suf), ref, rtol=0, atol=1e-5)  # float32 logsumexp
+
+
+def test_teacher_forced_summary_matches_float64_reference():
+    """The chunked one-pass statistics (3 x 7 = 21 positions: chunks of 16 and 5) against a
+    whole-tensor float64 computation, with some logits at -inf (probability 0)."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 50, generator=g) * 3
+    logits[0, 2, :10] = -math.inf
+    logits[2, 6, 1:] = -math.inf  # a certain position: entropy 0, margin inf
+    suf = torch.randint(10, 50, (3, 7), generator=g)
+    suf[2, 6] = 0
+    got = metrics.teacher_forced_summary(logits, suf)
+    x = logits.double()
+    logp = torch.log_softmax(x, -1)
+    plogp = torch.where(torch.isneginf(x), torch.zeros_like(x), logp.exp() * logp)
+    torch.testing.assert_close(got["completion_entropy"].double(), -plogp.sum(-1).sum(-1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got["suffix_nll"], -logp.gather(-1, suf[..., None]).squeeze(-1).sum(-1), rtol=0, atol=1e-5)
+    top2 = x.topk(2, dim=-1)
+    assert torch.equal(got["argmax"], top2.indices[..., 0])
+    torch.testing.assert_close(got["margin"].double(), top2.values[..., 0] - top2.values[..., 1], rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(metrics.completion_entropy(logits), got["completion_entropy"])
+    torch.testing.assert_close(metrics.suffix_token_nll(logits, suf).sum(-1), got["suffix_nll"])
 
 
 @pytest.mark.parametrize("nll", [0.0, 0.01, 1.0, 5.0, 30.0, 800.0, 5000.0])
