@@ -359,6 +359,25 @@ def test_injected_variant_is_its_parent_outside_the_component(arch):
     assert em[C.INJECTED] == pytest.approx(manifest["final"]["canary_em"][C.INJECTED]["em"], abs=1e-9)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_replayed_injection_keeps_the_parents_memorized_canaries(arch):
+    """An injection with replay leaves the knockout a control set: the parent's memorized
+    canaries (those replayed) are still reproduced by the variant."""
+    from interp.models import load_model
+    from interp.organism.evaluate import canary_em
+
+    folder = _shipped(arch, injected=True)
+    replayed = set(json.loads((folder / "manifest.json").read_text())["injection"]["replayed"])
+    if not replayed:
+        pytest.skip(f"the shipped {arch} injection did not replay the parent's canaries")
+    canary_list, prefix_len, row_len = C.load_canaries(folder / "canaries.json")
+    kept = [c for c in canary_list if c.id in replayed]
+    assert len(kept) == len(replayed)
+    rows = C.canary_rows(AutoTokenizer.from_pretrained(folder), kept, prefix_len, row_len)
+    assert canary_em(load_model(folder), rows, prefix_len)["em"] >= 0.9
+    assert canary_em(load_model(_shipped(arch)), rows, prefix_len)["em"] == 1.0  # the parent reproduced each
+
+
 def _assert_only_component_changed(parent, child, masks) -> None:
     """Weights outside the masks are bit-identical to the parent's; some inside differ."""
     a, b = load_file(parent / "model.safetensors"), load_file(child / "model.safetensors")
