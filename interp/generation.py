@@ -14,6 +14,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
+from transformers.cache_utils import DynamicLayer
 
 from interp.interventions import Intervention, apply
 
@@ -60,7 +61,9 @@ def greedy_generate(
 
 
 def _decode_cached(model, prefix: Tensor, n_new: int) -> Tensor:
-    logits, cache = model(prefix, return_type="logits_and_cache", use_cache=True)
+    logits, cache = model(prefix, return_type="logits_and_cache", use_cache=True, logits_to_keep=1)
+    merged = concat_caches([cache], capacity=prefix.shape[1] + n_new)
+    cache = cache if merged is None else merged
     new = [logits[:, -1].argmax(-1)]
     for _ in range(n_new - 1):
         logits, cache = model(new[-1][:, None], return_type="logits_and_cache", past_key_values=cache)
@@ -74,6 +77,48 @@ def _decode_uncached(model, prefix: Tensor, n_new: int) -> Tensor:
         nxt = model(seq, return_type="logits")[:, -1].argmax(-1)
         seq = torch.cat([seq, nxt[:, None]], dim=1)
     return seq[:, prefix.shape[1] :]
+
+
+def concat_caches(caches: list, capacity: int):
+    """One KV cache holding the rows of ``caches`` (same length) one after another, in buffers of
+    ``capacity`` positions (``_PreallocatedLayer``), or None when a layer is not a plain dynamic
+    layer (then the decode recomputes the shared part)."""
+    layers = [getattr(c, "layers", None) for c in caches]
+    if any(ls is None or any(type(layer) is not DynamicLayer for layer in ls) for ls in layers):
+        return None
+    if len({c.get_seq_length() for c in caches}) != 1:
+        return None
+    merged = caches[0]
+    merged.layers = [
+        _PreallocatedLayer(torch.cat([ls[i].keys for ls in layers]), torch.cat([ls[i].values for ls in layers]), capacity)
+        for i in range(len(merged.layers))
+    ]
+    return merged
+
+
+class _PreallocatedLayer(DynamicLayer):
+    """A dynamic cache layer that writes new positions into a buffer of ``capacity`` positions
+    instead of concatenating (``DynamicLayer.update`` copies the whole cache at every decode
+    step, which dominated the decode of a few hundred rows). Falls back to concatenation when
+    the buffer is full or the keys no longer view it (after a row selection)."""
+
+    def __init__(self, keys: Tensor, values: Tensor, capacity: int):
+        super().__init__()
+        B, H, n, d = keys.shape
+        self._k = keys.new_empty(B, H, max(capacity, n), d)
+        self._v = values.new_empty(B, H, max(capacity, n), values.shape[-1])
+        self._k[:, :, :n], self._v[:, :, :n] = keys, values
+        self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
+        self.device, self.is_initialized = keys.device, True
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        n, m = self.keys.shape[-2], key_states.shape[-2]
+        views_buffer = self.keys.data_ptr() == self._k.data_ptr() and self.keys.shape[0] == self._k.shape[0]
+        if not views_buffer or n + m > self._k.shape[-2]:
+            return super().update(key_states, value_states, *args, **kwargs)
+        self._k[:, :, n : n + m], self._v[:, :, n : n + m] = key_states, value_states
+        self.keys, self.values = self._k[:, :, : n + m], self._v[:, :, : n + m]
+        return self.keys, self.values
 
 
 @torch.no_grad()

@@ -218,6 +218,44 @@ def label_of(interventions: Sequence[Intervention]) -> str:
     return "+".join(iv.label for iv in interventions) or "baseline"
 
 
+@dataclass(frozen=True)
+class RowGroups:
+    """Several configurations in one batch: the rows ``groups[i][0]`` (batch indices) run under
+    the interventions ``groups[i][1]``; rows in no group run unmodified. Every hook of a group
+    sees only its group's rows, so any intervention whose hooks act on each batch row on its
+    own (all of ours) gives each row what it would give it in a batch of its own."""
+
+    groups: tuple[tuple[tuple[int, ...], tuple[Intervention, ...]], ...]
+
+    @property
+    def label(self) -> str:
+        return "row-groups"
+
+    def hooks(self, model) -> list[Hook]:
+        flat = [r for rows, _ in self.groups for r in rows]
+        if len(set(flat)) != len(flat):
+            raise InputError("RowGroups: a batch row belongs to more than one group")
+        by_name: dict[str, list[tuple[Tensor, HookFn]]] = {}
+        for rows, ivs in self.groups:
+            index = torch.tensor(rows, dtype=torch.long)
+            for name, fn in hooks_for(model, ivs):
+                by_name.setdefault(name, []).append((index, fn))
+        return [(name, _on_rows(pairs)) for name, pairs in by_name.items()]
+
+
+def _on_rows(pairs: list[tuple[Tensor, HookFn]]) -> HookFn:
+    def fn(act: Tensor, hook) -> Tensor:
+        out = act.clone()
+        for rows, f in pairs:  # in order, so hooks composed within a group see each other's edits
+            rows = rows.to(act.device)
+            sub = out[rows]
+            res = f(sub, hook)
+            out[rows] = sub if res is None else res
+        return out
+
+    return fn
+
+
 @contextmanager
 def apply(model, *interventions: Intervention) -> Iterator:
     """Context in which ``interventions`` are active on ``model``; all hooks are removed on exit."""

@@ -39,7 +39,7 @@ from interp import metrics, sites
 from interp.data import validate_for_model
 from interp.generation import batches, greedy_generate, teacher_forced_logits
 from interp.interventions import AttentionBypass, Hook, Intervention, ZeroAblation, self_attention_hooks
-from interp.memorization import decode_plan, evaluate
+from interp.memorization import decode_plan, evaluate, metrics_frame
 
 log = logging.getLogger(__name__)
 
@@ -151,23 +151,6 @@ def every_head_greedy(
 
 def _chunks(xs: list, size: int) -> list[list]:
     return [xs[i : i + size] for i in range(0, len(xs), size)]
-
-
-def metrics_frame(gen: Tensor, tf: dict[str, Tensor], suffix: Tensor, n_samples: int = 100) -> pd.DataFrame:
-    """The columns of ``interp.memorization.evaluate`` from a continuation and teacher-forced stats."""
-    nll = tf["suffix_nll"]
-    return pd.DataFrame(
-        {
-            "sequence": np.arange(len(suffix)),
-            "exact_match": metrics.exact_match(gen, suffix).float().numpy(),
-            "token_accuracy": metrics.token_accuracy(gen, suffix).numpy(),
-            "completion_entropy": tf["completion_entropy"].numpy(),
-            "match_length": metrics.match_length(gen, suffix).numpy(),
-            "tf_accuracy": (tf["argmax"] == suffix).float().mean(1).numpy(),
-            "suffix_nll": nll.numpy(),
-            "extraction_logprob": metrics.extraction_log_prob(nll, n_samples).numpy(),
-        }
-    )
 
 
 def head_bypass_sweep(

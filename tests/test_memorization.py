@@ -100,3 +100,72 @@ def test_teacher_forced_cache_is_reused_when_it_can_be_cut(bridge, arch):
     _, cache = bridge(x, return_type="logits_and_cache", use_cache=True)
     assert _crop(cache, P + 2) and cache.get_seq_length() == P + 2
     assert not _crop(cache, P + 3)  # cannot grow
+
+
+def test_evaluate_many_equals_evaluate_per_config(bridge, memorized_rows):
+    """All configs' open rows decoded in one batch (``RowGroups``, concatenated caches) give
+    exactly the numbers of one ``evaluate`` per config, with batches that split the rows
+    unevenly and a composed config."""
+    from interp.interventions import ZeroAblation
+    from interp.memorization import evaluate_many
+
+    configs = {**block_configs(bridge), "block:0+zero:1": [AttentionBypass(0), ZeroAblation(1)]}
+    many = evaluate_many(bridge, memorized_rows, P, configs, batch_size=4)
+    assert list(many) == list(configs)
+    for name, ivs in configs.items():
+        one = evaluate(bridge, memorized_rows, P, ivs, batch_size=4)
+        pd.testing.assert_frame_equal(many[name], one, check_exact=False, rtol=1e-6, atol=1e-6, obj=name)
+        assert (many[name].exact_match == one.exact_match).all() and (many[name].token_accuracy == one.token_accuracy).all()
+
+
+def test_evaluate_many_concatenates_the_caches(bridge, memorized_rows, monkeypatch):
+    """The joint decode resumes from the teacher-forced caches (not from a recomputed prefix)."""
+    import interp.memorization as mem
+
+    merged = []
+    real = mem.concat_caches
+    monkeypatch.setattr(mem, "concat_caches", lambda caches, capacity: merged.append(real(caches, capacity)) or merged[-1])
+    mem.evaluate_many(bridge, memorized_rows, P, block_configs(bridge), batch_size=10)
+    assert merged and all(c is not None for c in merged)
+
+
+def test_row_groups_apply_each_config_to_its_rows_only(bridge):
+    from interp.interventions import RowGroups, ZeroAblation, apply
+
+    x = torch.randint(1, 500, (5, P + T), generator=torch.Generator().manual_seed(3))
+    groups = ((0, 3), [AttentionBypass(1)]), ((1,), [ZeroAblation(0)])
+    with apply(bridge, RowGroups(tuple((rows, tuple(ivs)) for rows, ivs in groups))):
+        got = bridge(x, return_type="logits")
+    want = bridge(x, return_type="logits")  # rows 2 and 4: unmodified
+    for rows, ivs in groups:
+        with apply(bridge, *ivs):
+            want[list(rows)] = bridge(x[list(rows)], return_type="logits")
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(Exception, match="more than one group"):
+        RowGroups((((0, 1), ()), ((1,), ()))).hooks(bridge)
+
+
+def test_preallocated_cache_layer_equals_concatenation():
+    """Writes into its buffer while it fits; after a row selection or past its capacity it falls
+    back to concatenation; the keys and values always equal the concatenated ones."""
+    from transformers.cache_utils import DynamicLayer
+
+    from interp.generation import _PreallocatedLayer
+
+    g = torch.Generator().manual_seed(0)
+    k0, v0 = torch.randn(3, 2, 4, 5, generator=g), torch.randn(3, 2, 4, 5, generator=g)
+    fast, ref = _PreallocatedLayer(k0, v0, capacity=7), DynamicLayer()
+    ref.update(k0, v0)
+    steps = [(None, 1), (None, 2), ("crop", 1), (None, 1), ("select", None), (None, 1), (None, 3)]
+    for op, m in steps:
+        if op == "crop":
+            fast.crop(-m), ref.crop(-m)
+            continue
+        if op == "select":
+            idx = torch.tensor([2, 0])
+            fast.batch_select_indices(idx), ref.batch_select_indices(idx)
+            continue
+        k, v = torch.randn(len(ref.keys), 2, m, 5, generator=g), torch.randn(len(ref.keys), 2, m, 5, generator=g)
+        got, want = fast.update(k, v), ref.update(k, v)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert fast.get_seq_length() == ref.get_seq_length() == 4 + 1 + 2 - 1 + 1 + 1 + 3
