@@ -11,7 +11,8 @@ batches, plus one teacher-forced forward pass for the entropy; the bypass is a f
 each HF attention module that returns the per-token value/output projection.
 
 Ours: ``interp.memorization.sweep`` through the TransformerLens bridge (teacher-forcing
-shortcut, suffix-only unembedding).
+shortcut, suffix-only unembedding, the open rows of all configs decoded in one batch from their
+teacher-forced KV caches).
 
 Each approach runs in its own subprocess so its peak resident memory (ru_maxrss) is its own.
 The script prints the wall-time ratio and both peaks, and exits non-zero unless both give

@@ -80,19 +80,22 @@ def _decode_uncached(model, prefix: Tensor, n_new: int) -> Tensor:
 
 
 def concat_caches(caches: list, capacity: int):
-    """One KV cache holding the rows of ``caches`` (same length) one after another, in buffers of
-    ``capacity`` positions (``_PreallocatedLayer``), or None when a layer is not a plain dynamic
-    layer (then the decode recomputes the shared part)."""
+    """One KV cache holding the rows of ``caches`` one after another, cut to the shortest one's
+    length, in buffers of ``capacity`` positions (``_PreallocatedLayer``); each source layer is
+    released once copied. None when a layer is not a plain dynamic layer (then the decode
+    recomputes the shared part)."""
     layers = [getattr(c, "layers", None) for c in caches]
     if any(ls is None or any(type(layer) is not DynamicLayer for layer in ls) for ls in layers):
         return None
-    if len({c.get_seq_length() for c in caches}) != 1:
-        return None
+    n = min(c.get_seq_length() for c in caches)
     merged = caches[0]
-    merged.layers = [
-        _PreallocatedLayer(torch.cat([ls[i].keys for ls in layers]), torch.cat([ls[i].values for ls in layers]), capacity)
-        for i in range(len(merged.layers))
-    ]
+    new_layers = []
+    for i in range(len(merged.layers)):
+        parts = [(ls[i].keys[:, :, :n], ls[i].values[:, :, :n]) for ls in layers]
+        new_layers.append(_PreallocatedLayer.from_parts(parts, capacity))
+        for ls in layers:
+            ls[i].keys = ls[i].values = None
+    merged.layers = new_layers
     return merged
 
 
@@ -103,13 +106,27 @@ class _PreallocatedLayer(DynamicLayer):
     the buffer is full or the keys no longer view it (after a row selection)."""
 
     def __init__(self, keys: Tensor, values: Tensor, capacity: int):
+        self._init_from([(keys, values)], capacity)
+
+    @classmethod
+    def from_parts(cls, parts: list[tuple[Tensor, Tensor]], capacity: int) -> "_PreallocatedLayer":
+        """The rows of ``parts`` ((keys, values) of one length) one after another."""
+        layer = cls.__new__(cls)
+        layer._init_from(parts, capacity)
+        return layer
+
+    def _init_from(self, parts: list[tuple[Tensor, Tensor]], capacity: int) -> None:
         super().__init__()
-        B, H, n, d = keys.shape
-        self._k = keys.new_empty(B, H, max(capacity, n), d)
-        self._v = values.new_empty(B, H, max(capacity, n), values.shape[-1])
-        self._k[:, :, :n], self._v[:, :, :n] = keys, values
+        k0, v0 = parts[0]
+        B, H, n, d = sum(k.shape[0] for k, _ in parts), k0.shape[1], k0.shape[2], k0.shape[3]
+        self._k = k0.new_empty(B, H, max(capacity, n), d)
+        self._v = v0.new_empty(B, H, max(capacity, n), v0.shape[-1])
+        row = 0
+        for k, v in parts:
+            self._k[row : row + len(k), :, :n], self._v[row : row + len(v), :, :n] = k, v
+            row += len(k)
         self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
-        self.device, self.is_initialized = keys.device, True
+        self.device, self.is_initialized = k0.device, True
 
     def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
         n, m = self.keys.shape[-2], key_states.shape[-2]

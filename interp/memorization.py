@@ -1,8 +1,9 @@
 """Memorization under interventions and the per-block bypass sweep of Menta et al. (NAACL 2025).
 
-``evaluate`` scores one configuration (a list of interventions) on a memorized set; ``sweep``
-runs the unmodified model (``baseline``) and every requested block bypassed (``block:L``), and
-returns one tidy row per (config, sequence). ``summarize`` gives the mean and a 95% percentile
+``evaluate`` scores one configuration (a list of interventions) on a memorized set,
+``evaluate_many`` several at once (the same numbers, with one joint decode); ``sweep`` runs the
+unmodified model (``baseline``) and every requested block bypassed (``block:L``) through
+``evaluate_many``, and returns one tidy row per (config, sequence). ``summarize`` gives the mean and a 95% percentile
 bootstrap interval of each metric per config.
 """
 
@@ -17,6 +18,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
+from transformers.cache_utils import DynamicLayer
 
 from interp import metrics, sites
 from interp.data import validate_for_model
@@ -250,11 +252,17 @@ def evaluate_many(
                 tf_parts[n][k].append(stats[k])
             plans[n] = decode_plan(batch[:, prefix_len:], stats)
             todo = plans[n][2]
-            if todo.any():
+            if todo.any():  # keep only the open rows' cache, up to where their decode resumes
                 idx = torch.arange(len(batch))[todo]
-                if not bool(todo.all()):
-                    cache.batch_select_indices(idx.to(device))
+                keep = prefix_len + int(plans[n][1][idx].min()) - 1
+                for layer in getattr(cache, "layers", []):
+                    if type(layer) is DynamicLayer:
+                        layer.keys, layer.values = layer.keys[idx, :, :keep].clone(), layer.values[idx, :, :keep].clone()
+                    else:
+                        cache = None  # concat_caches cannot merge it; the decode recomputes
+                        break
                 open_rows.append((n, idx, cache))
+            del cache
         if open_rows:
             sizes = [len(idx) for _, idx, _ in open_rows]
             bounds = np.cumsum([0, *sizes])
@@ -262,7 +270,10 @@ def evaluate_many(
             known = torch.cat([plans[n][0][idx] for n, idx, _ in open_rows])
             start = torch.cat([plans[n][1][idx] for n, idx, _ in open_rows])
             prefix = torch.cat([batch[idx, :prefix_len] for _, idx, _ in open_rows])
-            cache = concat_caches([c for _, _, c in open_rows], capacity=tokens.shape[1])
+            caches = [c for _, _, c in open_rows]
+            cache = None if any(c is None for c in caches) else concat_caches(caches, capacity=tokens.shape[1])
+            open_rows = [(n, idx, None) for n, idx, _ in open_rows]
+            del caches
             with apply(model, RowGroups(groups)):
                 out = forced_greedy(model, prefix, known, start, cache=cache)
             for (n, idx, _), a, b in zip(open_rows, bounds[:-1], bounds[1:]):
