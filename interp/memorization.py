@@ -234,8 +234,8 @@ def evaluate_many(
     batch by batch with one teacher-forced pass per configuration, after which the rows that
     every configuration leaves open are decoded together in one batch (each row under its own
     configuration, ``RowGroups``), resuming from the concatenation of their teacher-forced
-    passes' KV caches. A decode step costs about the same for 64 rows as for several hundred on
-    a CPU, so this is what makes a block sweep cheaper than one ``evaluate`` per config."""
+    passes' KV caches. Per row, a decode step in a batch of a few hundred rows costs about 30%
+    less than in a batch of 64 (CPU, 2 threads)."""
     validate_for_model(rows, prefix_len, model)
     tokens = torch.as_tensor(rows, dtype=torch.long)
     names = list(configs)
