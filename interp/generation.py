@@ -93,8 +93,9 @@ def concat_caches(caches: list, capacity: int):
     for i in range(len(merged.layers)):
         parts = [(ls[i].keys[:, :, :n], ls[i].values[:, :, :n]) for ls in layers]
         new_layers.append(_PreallocatedLayer.from_parts(parts, capacity))
-        for ls in layers:
+        for ls in layers:  # release the source (its cache is not to be used again)
             ls[i].keys = ls[i].values = None
+            ls[i].is_initialized = False
     merged.layers = new_layers
     return merged
 
@@ -129,9 +130,12 @@ class _PreallocatedLayer(DynamicLayer):
         self.device, self.is_initialized = k0.device, True
 
     def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        if not self.is_initialized or self.keys is None or self._k is None:
+            return super().update(key_states, value_states, *args, **kwargs)
         n, m = self.keys.shape[-2], key_states.shape[-2]
         views_buffer = self.keys.data_ptr() == self._k.data_ptr() and self.keys.shape[0] == self._k.shape[0]
         if not views_buffer or n + m > self._k.shape[-2]:
+            self._k = self._v = None  # from now on an ordinary dynamic layer; release the buffer
             return super().update(key_states, value_states, *args, **kwargs)
         self._k[:, :, n : n + m], self._v[:, :, n : n + m] = key_states, value_states
         self.keys, self.values = self._k[:, :, : n + m], self._v[:, :, : n + m]

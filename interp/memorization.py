@@ -313,8 +313,9 @@ def sweep(
     """Baseline plus each block bypassed (or explicit ``configs``): one row per config x sequence.
 
     With ``checkpoint`` (a folder), each (config, chunk of ``chunk_rows`` rows) is saved as a
-    parquet part the moment it is done (atomically), and parts already there are reused: a
-    sweep killed midway resumes without losing or duplicating rows. The folder must belong to
+    parquet part (atomically) as soon as its chunk is done (all configs of a chunk finish
+    together, ``evaluate_many``), and parts already there are reused: a sweep killed midway
+    resumes without duplicating rows, losing at most the chunk in progress. The folder must belong to
     this sweep only (the CLI keys it by a hash of the sweep's settings).
     """
     validate_for_model(rows, prefix_len, model)

@@ -122,11 +122,13 @@ def test_evaluate_many_concatenates_the_caches(bridge, memorized_rows, monkeypat
     """The joint decode resumes from the teacher-forced caches (not from a recomputed prefix)."""
     import interp.memorization as mem
 
-    merged = []
-    real = mem.concat_caches
-    monkeypatch.setattr(mem, "concat_caches", lambda caches, capacity: merged.append(real(caches, capacity)) or merged[-1])
+    merged, crops = [], []
+    real_concat, real_crop = mem.concat_caches, mem._crop
+    monkeypatch.setattr(mem, "concat_caches", lambda caches, capacity: merged.append(real_concat(caches, capacity)) or merged[-1])
+    monkeypatch.setattr(mem, "_crop", lambda cache, length: crops.append((cache.get_seq_length(), length, real_crop(cache, length))) or crops[-1][2])
     mem.evaluate_many(bridge, memorized_rows, P, block_configs(bridge), batch_size=10)
     assert merged and all(c is not None for c in merged)
+    assert crops and all(ok and have == want for have, want, ok in crops)  # cut exactly where the decode resumes
 
 
 def test_row_groups_apply_each_config_to_its_rows_only(bridge):
@@ -138,6 +140,26 @@ def test_row_groups_apply_each_config_to_its_rows_only(bridge):
         got = bridge(x, return_type="logits")
     want = bridge(x, return_type="logits")  # rows 2 and 4: unmodified
     for rows, ivs in groups:
+        with apply(bridge, *ivs):
+            want[list(rows)] = bridge(x[list(rows)], return_type="logits")
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # two groups with hooks at the same hook names (both bypass block 1), one hook editing in place
+    from interp import sites
+
+    class Negate:  # an in-place edit returning None
+        label = "negate"
+
+        def hooks(self, model):
+            def fn(act, hook):
+                act.neg_()
+
+            return [(sites.attn_out(0), fn)]
+
+    same = ((0, 2), (AttentionBypass(1), Negate())), ((3,), (AttentionBypass(1),))
+    with apply(bridge, RowGroups(same)):
+        got = bridge(x, return_type="logits")
+    want = bridge(x, return_type="logits")
+    for rows, ivs in same:
         with apply(bridge, *ivs):
             want[list(rows)] = bridge(x[list(rows)], return_type="logits")
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
@@ -169,3 +191,20 @@ def test_preallocated_cache_layer_equals_concatenation():
         got, want = fast.update(k, v), ref.update(k, v)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     assert fast.get_seq_length() == ref.get_seq_length() == 4 + 1 + 2 - 1 + 1 + 1 + 3
+
+
+def test_preallocated_cache_layer_writes_in_place_until_full():
+    from transformers.cache_utils import DynamicLayer
+
+    from interp.generation import _PreallocatedLayer
+
+    g = torch.Generator().manual_seed(1)
+    k0, v0 = torch.randn(2, 2, 3, 4, generator=g), torch.randn(2, 2, 3, 4, generator=g)
+    fast, ref = _PreallocatedLayer(k0, v0, capacity=5), DynamicLayer()
+    ref.update(k0, v0)
+    buffer = fast._k.data_ptr()
+    for m, in_place in [(1, True), (1, True), (1, False), (2, False)]:  # capacity 5 is reached after two steps
+        k, v = torch.randn(2, 2, m, 4, generator=g), torch.randn(2, 2, m, 4, generator=g)
+        got, want = fast.update(k, v), ref.update(k, v)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        assert (fast.keys.data_ptr() == buffer) == in_place

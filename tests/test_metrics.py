@@ -83,8 +83,18 @@ def test_teacher_forced_summary_matches_float64_reference():
     top2 = x.topk(2, dim=-1)
     assert torch.equal(got["argmax"], top2.indices[..., 0])
     torch.testing.assert_close(got["margin"].double(), top2.values[..., 0] - top2.values[..., 1], rtol=1e-6, atol=1e-5)
-    torch.testing.assert_close(metrics.completion_entropy(logits), got["completion_entropy"])
     torch.testing.assert_close(metrics.suffix_token_nll(logits, suf).sum(-1), got["suffix_nll"])
+
+
+def test_chunked_entropy_equals_the_whole_tensor_formula_bit_for_bit():
+    """Chunking over positions changes no value: the entropy equals the whole-tensor formula
+    (logsumexp - sum softmax * logits) exactly, on a realistic vocabulary, -inf logits included."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 7, 50304, generator=g) * 4  # 35 positions: chunks of 16, 16, 3
+    x[1, 3, :100] = -math.inf
+    whole = torch.logsumexp(x, -1) - (torch.softmax(x, -1) * x.nan_to_num(0.0, neginf=0.0)).sum(-1)
+    assert torch.equal(metrics.completion_entropy(x), whole.sum(1))
+    assert torch.equal(metrics.teacher_forced_summary(x, torch.zeros(5, 7, dtype=torch.long) + 200)["completion_entropy"], whole.sum(1))
 
 
 @pytest.mark.parametrize("nll", [0.0, 0.01, 1.0, 5.0, 30.0, 800.0, 5000.0])
