@@ -3,8 +3,8 @@
 ``evaluate`` scores one configuration (a list of interventions) on a memorized set,
 ``evaluate_many`` several at once (the same numbers, with one joint decode); ``sweep`` runs the
 unmodified model (``baseline``) and every requested block bypassed (``block:L``) through
-``evaluate_many``, and returns one tidy row per (config, sequence). ``summarize`` gives the mean and a 95% percentile
-bootstrap interval of each metric per config.
+``evaluate_many``, and returns one tidy row per (config, sequence). ``summarize`` gives the
+mean and a 95% percentile bootstrap interval of each metric per config.
 """
 
 from __future__ import annotations
@@ -62,14 +62,14 @@ def evaluate(
     """
     if strategy not in ("shortcut", "generate"):
         raise ValueError(f"strategy must be 'shortcut' or 'generate'; got {strategy!r}")
+    if strategy == "shortcut":
+        return evaluate_many(model, rows, prefix_len, {"": interventions}, batch_size=batch_size, n_samples=n_samples,
+                             progress=progress)[""]  # fmt: skip
     validate_for_model(rows, prefix_len, model)
     tokens = torch.as_tensor(rows, dtype=torch.long)
     suffix = tokens[:, prefix_len:]
-    if strategy == "generate":
-        tf = teacher_forced_stats(model, tokens, prefix_len, interventions, batch_size=batch_size, progress=progress)
-        gen = greedy_generate(model, tokens[:, :prefix_len], suffix.shape[1], interventions, batch_size=batch_size)
-    else:
-        tf, gen = _shortcut(model, tokens, prefix_len, interventions, batch_size=batch_size, progress=progress)
+    tf = teacher_forced_stats(model, tokens, prefix_len, interventions, batch_size=batch_size, progress=progress)
+    gen = greedy_generate(model, tokens[:, :prefix_len], suffix.shape[1], interventions, batch_size=batch_size)
     return metrics_frame(gen, tf, suffix, n_samples)
 
 
@@ -115,31 +115,6 @@ def _tf_batch(model, tokens: Tensor, prefix_len: int, *, keep_cache: bool) -> tu
         logits, cache = model(x, return_type="logits", logits_to_keep=T), None
     stats = metrics.teacher_forced_summary(logits, tokens[:, prefix_len:].to(device))
     return {k: v.cpu() for k, v in stats.items()}, cache
-
-
-@torch.no_grad()
-def _shortcut(model, tokens: Tensor, prefix_len: int, interventions: Sequence[Intervention], *, batch_size: int,
-              progress: bool) -> tuple[dict[str, Tensor], Tensor]:  # fmt: skip
-    """Teacher-forced statistics and greedy continuations, batch by batch: each batch's
-    teacher-forced pass keeps its KV cache, and the rows that must be decoded resume from it
-    (cropped to the true tokens they share), so no prefix is run twice."""
-    parts: dict[str, list[Tensor]] = {k: [] for k in _TF_KEYS}
-    gens = []
-    with apply(model, *interventions):
-        for sl in tqdm(list(batches(len(tokens), batch_size)), desc="forward", disable=not progress, leave=False):
-            stats, cache = _tf_batch(model, tokens[sl], prefix_len, keep_cache=True)
-            for k in _TF_KEYS:
-                parts[k].append(stats[k])
-            gen, start, todo = decode_plan(tokens[sl, prefix_len:], stats)
-            if todo.any():
-                rows = torch.arange(len(gen))[todo]
-                if not bool(todo.all()):
-                    cache.batch_select_indices(rows.to(model.cfg.device))
-                merged = concat_caches([cache], capacity=tokens.shape[1])
-                cache = cache if merged is None else merged
-                gen[rows] = forced_greedy(model, tokens[sl][rows, :prefix_len], gen[rows], start[rows], cache=cache)
-            gens.append(gen)
-    return {k: torch.cat(v) for k, v in parts.items()}, torch.cat(gens)
 
 
 def decode_plan(suffix: Int[Tensor, "batch T"], tf: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
@@ -229,6 +204,7 @@ def evaluate_many(
     *,
     batch_size: int = 32,
     n_samples: int = 100,
+    progress: bool = False,
 ) -> dict[str, pd.DataFrame]:
     """``evaluate`` (shortcut strategy) of several configurations: the same numbers, computed
     batch by batch with one teacher-forced pass per configuration, after which the rows that
@@ -242,7 +218,7 @@ def evaluate_many(
     tf_parts: dict[str, dict[str, list[Tensor]]] = {n: {k: [] for k in _TF_KEYS} for n in names}
     gens: dict[str, list[Tensor]] = {n: [] for n in names}
     device = model.cfg.device
-    for sl in batches(len(tokens), batch_size):
+    for sl in tqdm(list(batches(len(tokens), batch_size)), desc="forward", disable=not progress, leave=False):
         batch = tokens[sl]
         plans, open_rows = {}, []
         for n in names:
@@ -315,8 +291,8 @@ def sweep(
     With ``checkpoint`` (a folder), each (config, chunk of ``chunk_rows`` rows) is saved as a
     parquet part (atomically) as soon as its chunk is done (all configs of a chunk finish
     together, ``evaluate_many``), and parts already there are reused: a sweep killed midway
-    resumes without duplicating rows, losing at most the chunk in progress. The folder must belong to
-    this sweep only (the CLI keys it by a hash of the sweep's settings).
+    resumes without duplicating rows, losing at most the chunk in progress. The folder must
+    belong to this sweep only (the CLI keys it by a hash of the sweep's settings).
     """
     validate_for_model(rows, prefix_len, model)
     configs = configs if configs is not None else block_configs(model, blocks)

@@ -24,10 +24,9 @@ among itself and 3 distractors of the same form, ``rules.distractors``): ``rule_
 contexts), so reasoning items may coincide with training instances; what is measured is
 applying the rule, not recalling unseen text.
 
-Baseline accuracy on all 250 items,
-GPT-NeoX / GPT-Neo organism: typo 0.94 / 0.93 (chance 0.25), swapped_words 0.93 / 0.91 and
-line_order 0.76 / 0.72 (chance 0.5), brackets 0.86 / 0.83, count 1.00 / 0.64, successor
-0.99 / 0.96 (chance 0.25). Measured and left out (chance 0.25): the true next line among 3
+Baseline accuracy on all 250 items, GPT-NeoX / GPT-Neo organism: typo 0.94 / 0.93 (chance
+0.25), swapped_words 0.93 / 0.91 and line_order 0.76 / 0.72 (chance 0.5), brackets 0.86 / 0.83,
+count 1.00 / 0.64, successor 0.99 / 0.96 (chance 0.25). Measured and left out (chance 0.25): the true next line among 3
 other lines of the same file (0.30 / 0.28) or of other held-out files (0.34 / 0.31); the true
 next identifier among 3 of the same file (0.43 / 0.42); ``copy`` (0.20 / 0.23: neither organism
 learned to copy a span it was just shown); ``progression`` (0.63 / 0.34). ``rule_task`` still
