@@ -63,6 +63,16 @@ def weights_sha256(model: str) -> str | None:
     return hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
 
 
+def code_sha256() -> str:
+    """sha256 over the package's source (every ``interp/**/*.py``, by relative path): a cached step
+    is reused only when the code that made it is unchanged."""
+    package = ROOT / "interp"
+    h = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def tasks_sha256(tasks: str | None) -> str:
     """sha256 over the task files ``interp bench`` would read for ``tasks`` (None: the built-ins)."""
     from interp import tasks as registry
@@ -81,9 +91,9 @@ def run_bench(
     from interp.cli import main as cli
     from interp.results import config_hash
 
-    # weights and task contents are part of the key: a retrained model or regenerated task never
-    # reuses old results
-    key = config_hash({"analysis": "paper", "model": model, "weights_sha256": weights_sha256(model),
+    # weights, task contents and the package's code are part of the key: a retrained model, a
+    # regenerated task or a code change never reuses old results
+    key = config_hash({"analysis": "paper", "model": model, "weights_sha256": weights_sha256(model), "code_sha256": code_sha256(),
                        "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
                        "prefix_len": prefix_len, "tasks": tasks, "tasks_sha256": tasks_sha256(tasks), "limit": limit})  # fmt: skip
     out = results / key

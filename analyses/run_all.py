@@ -38,15 +38,16 @@ def cli(args: list[str]) -> None:
 
 
 def weights_tag(arch: str, injected: bool = False) -> str:
-    """sha256 of the organism's weights: a step's folder is reused only for the same weights."""
-    from paper_figures import weights_sha256
+    """sha256 of the organism's weights and of the package's code: a step's folder is reused only
+    for the same weights made by the same code."""
+    from paper_figures import code_sha256, weights_sha256
 
-    return weights_sha256(f"organism:{arch}{'-injected' if injected else ''}")
+    return f"{weights_sha256(f'organism:{arch}' + ('-injected' if injected else ''))} code:{code_sha256()}"
 
 
 def done(folder: Path, marker: str, weights: str) -> bool:
-    """The step's output is complete and was made from these inputs (the tag: weights sha256, plus the
-    knockout tasks' sha256 for localization)."""
+    """The step's output is complete and was made from these inputs (the tag: weights and code sha256,
+    plus the knockout tasks' sha256 for localization)."""
     stamp_file = folder / "weights.sha256"
     return (folder / marker).exists() and stamp_file.exists() and stamp_file.read_text().strip() == weights
 
