@@ -53,3 +53,23 @@ def test_operation_count_matches_pytorch_on_gpt_neox():
     for counted, key in ((reference, "reference_gmac_per_row"), (ours, "ours_gmac_per_row")):
         assert 0 <= 1 - bound[key] * 1e9 / counted < 0.04, (key, bound[key], counted / 1e9)
     assert bound["arithmetic_speedup_bound"] == pytest.approx(reference / ours, rel=0.01)
+
+
+@pytest.mark.parametrize("arch", ["neox", "neo"])
+def test_organism_workload_tiles_the_trained_canaries(tmp_path, arch):
+    """``--organism``: the shipped organism and its trained canaries (levels 1-64) repeated in order
+    to the requested number of rows; the shape read for the operation count is the model's."""
+    import json
+
+    import numpy as np
+
+    from interp.models import load_model
+
+    folder, rows_path, prefix_len = speed.organism_inputs(tmp_path, arch, 300)
+    rows = np.load(rows_path)
+    canaries = np.load(tmp_path / "canaries" / f"canaries-{arch}.npy")
+    assert len(canaries) == 128 and rows.shape == (300, canaries.shape[1])
+    assert (rows[:128] == canaries).all() and (rows[128:256] == canaries).all() and (rows[256:] == canaries[:44]).all()
+    assert prefix_len == json.loads((folder / "canaries.json").read_text())["prefix_len"]
+    cfg = load_model(folder).cfg
+    assert speed.model_shape(folder) == {"n_layers": cfg.n_layers, "d_model": cfg.d_model, "vocab_size": cfg.d_vocab}
