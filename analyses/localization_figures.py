@@ -183,11 +183,19 @@ def recall_rows(folder: Path, cfg: dict) -> pd.DataFrame | None:
 
 
 def draw_recall_table(recall: pd.DataFrame) -> plt.Figure:
-    wide = recall.pivot_table(index=["model", "method", "truth", "truth_rank"], columns="k", values="recall").reset_index()
+    """One row per (model, method): Recall@k per k, each as "recall (expected recall with the
+    score's ties broken at random)" when ``recall_ties_random`` is there."""
+    index = ["model", "method", "truth", "truth_rank"]
+    cell = recall["recall"].map("{:.2f}".format)
+    if "recall_ties_random" in recall:
+        cell = cell + recall["recall_ties_random"].map(" ({:.2f})".format)
+    wide = recall.assign(cell=cell).pivot(index=index, columns="k", values="cell").reset_index()
     wide.columns = [c if isinstance(c, str) else f"Recall@{c}" for c in wide.columns]
-    fig, ax = plt.subplots(figsize=(8, 0.4 + 0.3 * len(wide)))
+    fig, ax = plt.subplots(figsize=(9, 0.6 + 0.3 * len(wide)))
     ax.axis("off")
-    cells = [[f"{v:.2f}" if isinstance(v, float) else str(v) for v in row] for row in wide.itertuples(index=False)]
+    if "recall_ties_random" in recall:
+        ax.set_title("Recall@k (in brackets: expected Recall@k with the score's ties broken at random)", fontsize=8)
+    cells = [[str(v) for v in row] for row in wide.itertuples(index=False)]
     ax.table(cellText=cells, colLabels=list(wide.columns), loc="center").auto_set_font_size(True)
     return fig
 

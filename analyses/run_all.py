@@ -111,7 +111,8 @@ def summary_table(paper_tables: dict[str, pd.DataFrame], theory: dict[str, Path]
         for folder in localize.get(arch, []):
             if (folder / "recall.csv").exists():
                 r = pd.read_csv(folder / "recall.csv")
-                recall[f"Recall@1 {folder.name}"] = float(r.loc[r.k == r.k.min(), "recall"].iloc[0])
+                first = r.loc[r.k == r.k.min()].iloc[0]  # with the expected recall if ties were broken at random
+                recall[f"Recall@1 {folder.name}"] = f"{first.recall:g} ({first.recall_ties_random:.2g})"
         rows.append({
             "model": model,
             "EM": round(float(base.exact_match), 3),

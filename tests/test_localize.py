@@ -1,7 +1,10 @@
 """Per-head bypass sweep, rankings, Recall@k and knockout, scored on tiny models with planted
 ground truth; `interp localize` end to end; the shipped injected organisms when present."""
 
+import itertools
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -104,6 +107,38 @@ def test_recall_at_k_arithmetic():
     assert table.recall.tolist() == [0, 1] and (table.truth_rank == 3).all() and (table.n_components == 4).all()
 
 
+def _tie_orders(ranking):
+    """Every order of ``ranking``'s components with non-increasing score (ties in any order)."""
+    groups = [g.component.tolist() for _, g in ranking.groupby("score", sort=True)][::-1]
+    for parts in itertools.product(*(itertools.permutations(g) for g in groups)):
+        yield [c for part in parts for c in part]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_recall_ties_random_is_the_mean_over_every_tie_break(seed):
+    """Against brute force: ``recall_at_k`` averaged over every order that breaks the score's ties
+    (all orders equally likely), for head and block rankings, head and block truths."""
+    rng = np.random.default_rng(seed)
+    heads = [f"L{l}H{h}" for l in range(3) for h in range(2)]
+    comps = heads if seed % 2 else [f"block:{l}" for l in range(6)]
+    scores = rng.choice([0.0, 0.5, 1.0], len(comps))  # few values: ties of every size
+    r = Lz.rank(pd.DataFrame({"component": comps, "score": scores}), "x")
+    truths = [["block:1"], ["L2H0"], ["L0H1", "block:2"]][seed % 3]
+    orders = list(_tie_orders(r))
+    for k in range(1, len(comps) + 1):
+        brute = np.mean([Lz.recall_at_k(ranking(order), truths, k) for order in orders])
+        assert Lz.recall_at_k_ties_random(r, truths, k) == pytest.approx(brute, abs=1e-12), (k, scores, truths)
+
+
+def test_recall_ties_random_on_a_five_way_tie():
+    """The injected organisms' block-bypass case: five blocks tied at the top, the truth among them."""
+    r = Lz.rank(pd.DataFrame({"component": [f"block:{l}" for l in range(6)], "score": [1, 1, 1, 1, 1, 0.25]}), "x")
+    assert [Lz.recall_at_k_ties_random(r, "block:4", k) for k in (1, 3, 5, 6)] == pytest.approx([0.2, 0.6, 1, 1])
+    assert Lz.recall_at_k_ties_random(r, "block:5", 5) == 0 and Lz.recall_at_k_ties_random(r, "block:5", 6) == 1
+    table = Lz.recall_table(r, "block:4", ks=(1, 5))
+    assert table.recall_ties_random.tolist() == pytest.approx([0.2, 1.0])
+
+
 def test_knockout_interventions_group_heads_by_layer():
     ivs = Lz.knockout_interventions(["L1H2", "block:0", "L1H0", "L0H1"])
     assert [iv.label for iv in ivs] == ["block:0", "L1H0,L1H2"]  # L0H1 is inside the bypassed block 0
@@ -163,6 +198,16 @@ def test_cli_ranks_the_planted_component_first(planted, run_cli, tmp_path, metho
     config = json.loads((out / "config.json").read_text())
     assert config["method"] == method and config["truth"] == PLANTED
     assert config["direction"] == {"patching": "noising", "attribution": "denoising"}.get(method)
+    # the figure script draws the folder and the recall table (with the tie-aware recall)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "analyses"))
+    import localization_figures
+
+    assert localization_figures.main([str(out), "--out", str(tmp_path / "fig")]) == 0
+    drawn = pd.read_csv(tmp_path / "fig" / "recall.csv").set_index("k")
+    for k in drawn.index:
+        assert drawn.loc[k, "recall_ties_random"] == pytest.approx(Lz.recall_at_k_ties_random(r, PLANTED, k))
+    for name in [f"{tmp_path.name}-out", "recall"]:
+        assert (tmp_path / "fig" / f"{name}.png").stat().st_size > 1000
 
 
 def test_cli_knockout_of_the_top_head(planted, run_cli, tmp_path):
