@@ -8,6 +8,7 @@ the public code). Greedy ties resolve to the lowest token id (``torch.argmax``).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -60,13 +61,26 @@ def greedy_generate(
     return out
 
 
+def cached_step(model, tokens: Int[Tensor, "batch new"], cache) -> tuple[Tensor, object]:
+    """Logits of ``tokens`` after the positions held in ``cache`` (a Hugging Face KV cache from an
+    earlier ``return_type="logits_and_cache"`` call), and the extended cache.
+
+    The bridge hands the cache to the Hugging Face model as ``past_key_values``, which
+    transformers 5.24 deprecates (renamed ``cache``, to be removed in 5.40; pyproject keeps
+    transformers below 5.40). The FutureWarning it raises at every decode step is not actionable
+    here, so it is silenced for this call only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`past_key_values` is deprecated", category=FutureWarning)
+        return model(tokens, return_type="logits_and_cache", past_key_values=cache)
+
+
 def _decode_cached(model, prefix: Tensor, n_new: int) -> Tensor:
     logits, cache = model(prefix, return_type="logits_and_cache", use_cache=True, logits_to_keep=1)
     merged = concat_caches([cache], capacity=prefix.shape[1] + n_new)
     cache = cache if merged is None else merged
     new = [logits[:, -1].argmax(-1)]
     for _ in range(n_new - 1):
-        logits, cache = model(new[-1][:, None], return_type="logits_and_cache", past_key_values=cache)
+        logits, cache = cached_step(model, new[-1][:, None], cache)
         new.append(logits[:, -1].argmax(-1))
     return torch.stack(new, dim=1)
 

@@ -22,7 +22,7 @@ from transformers.cache_utils import DynamicLayer
 
 from interp import metrics, sites
 from interp.data import validate_for_model
-from interp.generation import batches, concat_caches, greedy_generate
+from interp.generation import batches, cached_step, concat_caches, greedy_generate
 from interp.interventions import AttentionBypass, Intervention, RowGroups, apply
 from interp.results import write_parquet
 
@@ -155,14 +155,14 @@ def forced_greedy(
     device = model.cfg.device
     context = torch.cat([prefix, known[:, :k0]], 1)
     if cache is not None and _crop(cache, P + k0 - 1):
-        logits, cache = model(context[:, -1:].to(device), return_type="logits_and_cache", past_key_values=cache)
+        logits, cache = cached_step(model, context[:, -1:].to(device), cache)
     else:
         logits, cache = model(context.to(device), return_type="logits_and_cache", use_cache=True, logits_to_keep=1)
     for j in range(k0, T):
         pred = logits[:, -1].argmax(-1).cpu()
         out[:, j] = torch.where(start <= j, pred, known[:, j])
         if j + 1 < T:
-            logits, cache = model(out[:, j : j + 1].to(device), return_type="logits_and_cache", past_key_values=cache)
+            logits, cache = cached_step(model, out[:, j : j + 1].to(device), cache)
     return out
 
 

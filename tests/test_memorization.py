@@ -208,3 +208,15 @@ def test_preallocated_cache_layer_writes_in_place_until_full():
         got, want = fast.update(k, v), ref.update(k, v)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
         assert (fast.keys.data_ptr() == buffer) == in_place
+
+
+def test_cached_decode_raises_no_cache_kwarg_warning(bridge, memorized_rows):
+    """The decode passes the KV cache through the bridge as ``past_key_values``; transformers'
+    FutureWarning about that name is silenced per call, so a sweep's output stays readable."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        greedy_generate(bridge, torch.as_tensor(memorized_rows[:, :P]), 3)
+        evaluate(bridge, memorized_rows, P, [AttentionBypass(0)])  # rows 6-9 are decoded from the cache
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
