@@ -18,27 +18,41 @@ PREFIX, SUFFIX = 6, 5
 def data_file(tmp_path, bridge):
     rows = torch.randint(1, 500, (7, PREFIX + SUFFIX), generator=torch.Generator().manual_seed(3))
     # make some rows memorized by construction: their suffix is the model's own continuation
-    rows[:4, PREFIX:] = hf_greedy(load_hf(bridge.original_model.config._name_or_path), rows[:4, :PREFIX], SUFFIX)
+    rows[:5, PREFIX:] = hf_greedy(load_hf(bridge.original_model.config._name_or_path), rows[:5, :PREFIX], SUFFIX)
+    rows[4, PREFIX + 2] = rows[4, PREFIX + 2] % 499 + 1  # one more row that leaves the suffix at its third token
     path = tmp_path / "rows.npy"
     np.save(path, rows.numpy())
     return path
 
 
-def independent_summary(folder, rows: torch.Tensor, n_layers: int) -> pd.DataFrame:
+def independent_per_sequence(folder, rows: torch.Tensor, n_layers: int, n_samples: int = 100) -> pd.DataFrame:
+    """Every per-sequence column of ``sequences.parquet``, from the Hugging Face model (hook-free
+    bypass, greedy decoding by full recomputation, float64 log-softmax) and, for the extraction
+    probability, 60-digit arithmetic (mpmath)."""
+    import mpmath
+
     hf = load_hf(folder)
-    records = []
+    suffix = rows[:, PREFIX:]
+    frames = []
     for config, layers in [("baseline", [])] + [(f"block:{l}", [l]) for l in range(n_layers)]:
         with HFBypass(hf, layers):
             gen = hf_greedy(hf, rows[:, :PREFIX], SUFFIX)
             logits = hf_logits(hf, rows)[:, PREFIX - 1 : -1].double()
         p = torch.softmax(logits, -1)
-        ent = -(p * torch.log(p)).sum(-1).sum(-1)
-        same = (gen == rows[:, PREFIX:]).float()
-        records.append(
-            {"config": config, "exact_match": same.prod(1).mean().item(), "token_accuracy": same.mean().item(),
-             "completion_entropy": ent.mean().item()}
-        )  # fmt: skip
-    return pd.DataFrame(records)
+        logp = torch.log_softmax(logits, -1)
+        nll = -logp.gather(-1, suffix[..., None])[..., 0].sum(1)
+        same = (gen == suffix).tolist()
+        with mpmath.workdps(60):
+            extraction = [float(mpmath.log(1 - (1 - mpmath.exp(-mpmath.mpf(v))) ** n_samples)) for v in nll.tolist()]
+        frames.append(pd.DataFrame({
+            "config": config, "sequence": np.arange(len(rows)),
+            "exact_match": [float(all(s)) for s in same], "token_accuracy": [sum(s) / SUFFIX for s in same],
+            "completion_entropy": (-(p * torch.log(p)).sum(-1).sum(-1)).numpy(),
+            "match_length": [next((j for j, ok in enumerate(s) if not ok), SUFFIX) for s in same],
+            "tf_accuracy": (logits.argmax(-1) == suffix).double().mean(1).numpy(),
+            "suffix_nll": nll.numpy(), "extraction_logprob": extraction,
+        }))  # fmt: skip
+    return pd.concat(frames, ignore_index=True)
 
 
 def test_sweep_writes_summary_matching_independent_computation(tmp_path, tiny_dir, data_file, bridge):
@@ -49,12 +63,25 @@ def test_sweep_writes_summary_matching_independent_computation(tmp_path, tiny_di
     L = bridge.cfg.n_layers
     assert list(summary.columns[:4]) == ["config", "exact_match", "token_accuracy", "completion_entropy"]
     assert summary.config.tolist() == ["baseline"] + [f"block:{l}" for l in range(L)]
-    ref = independent_summary(tiny_dir, torch.as_tensor(np.load(data_file)), L)
-    for col in ["exact_match", "token_accuracy", "completion_entropy"]:
-        np.testing.assert_allclose(summary[col], ref[col], rtol=1e-5, err_msg=col)
-    assert summary.exact_match[0] == pytest.approx(4 / 7)
+    ref = independent_per_sequence(tiny_dir, torch.as_tensor(np.load(data_file)), L)
     per_seq = pd.read_parquet(out / "sequences.parquet")
     assert len(per_seq) == 7 * (L + 1)
+    merged = per_seq.merge(ref, on=["config", "sequence"], suffixes=("", "_ref"), validate="one_to_one")
+    assert len(merged) == len(ref)
+    for col in ["exact_match", "match_length"]:
+        np.testing.assert_array_equal(merged[col], merged[f"{col}_ref"], err_msg=col)
+    for col in ["token_accuracy", "tf_accuracy"]:  # counts out of 5, up to float32 rounding (one count is 0.2)
+        np.testing.assert_allclose(merged[col], merged[f"{col}_ref"], rtol=0, atol=1e-6, err_msg=col)
+    # float32 model, float64 reference: the sums over 5 positions agree to about 1e-6
+    for col in ["completion_entropy", "suffix_nll", "extraction_logprob"]:
+        np.testing.assert_allclose(merged[col], merged[f"{col}_ref"], rtol=1e-5, atol=1e-5, err_msg=col)
+    means = ref.groupby("config", sort=False)[["exact_match", "token_accuracy", "completion_entropy"]].mean()
+    for col in means:
+        np.testing.assert_allclose(summary[col], means.loc[summary.config, col], rtol=1e-5, err_msg=col)
+    assert summary.exact_match[0] == pytest.approx(4 / 7)
+    # the rows exercise every regime: reproduced, left mid-suffix (partial match and accuracy), left at once
+    base = merged[merged.config == "baseline"]
+    assert set(base.match_length) >= {0, 2, SUFFIX} and ((base.tf_accuracy > 0) & (base.tf_accuracy < 1)).any()
     assert (out / "config.json").is_file()
 
 

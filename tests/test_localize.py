@@ -306,10 +306,12 @@ def injected_rows(folder):
     return C.canary_rows(AutoTokenizer.from_pretrained(folder), chosen, prefix_len, row_len), prefix_len
 
 
-@pytest.mark.parametrize("org", ["neox", "neo"])
-def test_block_bypass_ranks_the_injected_block_first(org):
+@pytest.fixture(scope="module", params=["neox", "neo"])
+def injected_block_ranking(request):
+    """The block-bypass ranking of a shipped injected organism on its injected canaries."""
     from interp.memorization import sweep
 
+    org = request.param
     folder = DATA_DIR / f"{org}-injected"
     if not (folder / "manifest.json").is_file() or not (folder / "canaries.json").is_file():
         pytest.skip(f"the injected {org} organism is not shipped in this checkout ({folder})")
@@ -317,12 +319,30 @@ def test_block_bypass_ranks_the_injected_block_first(org):
     if truth is None:
         pytest.skip(f"{folder}/manifest.json records no injected_component")
     rows, prefix_len = injected_rows(folder)
-    model = load_model(folder)
-    df = sweep(model, rows, prefix_len, progress=False)
-    r = Lz.rank_by_bypass(df[df.config != "baseline"], df[df.config == "baseline"], "block-bypass")
+    df = sweep(load_model(folder), rows, prefix_len, progress=False)
+    return org, truth, Lz.rank_by_bypass(df[df.config != "baseline"], df[df.config == "baseline"], "block-bypass")
+
+
+def test_bypassing_the_injected_block_removes_as_much_as_any_block(injected_block_ranking):
+    """On both injected organisms the injected block is in the top tie group of the exact-match
+    drop, and ``recall_ties_random`` at 1 is one over that group's size."""
+    _, truth, r = injected_block_ranking
     truth_row = r[r.component == truth].iloc[0]
-    assert truth_row.score == r.score.max()  # bypassing the injected block removes as much as any block
-    if Lz.recall_at_k(r, truth, 1) != 1:  # the issue's target; a miss is reported with its numbers
-        tied = r[r.score == truth_row.score].component.tolist()
-        pytest.xfail(f"{org}: the injected {truth} ranks {int(truth_row['rank'])}: bypassing any of {tied} "
-                     f"lowers exact match by {truth_row.score:.2f}, and the suffix-NLL tie-break puts {r.component.iloc[0]} first")
+    assert truth_row.score == r.score.max()
+    tied = r[r.score == truth_row.score].component.tolist()
+    assert Lz.recall_at_k_ties_random(r, truth, 1) == pytest.approx(1 / len(tied))
+
+
+def test_block_bypass_ranks_the_injected_block_first(injected_block_ranking):
+    """The issue's target, Recall@1 = 1, with the suffix-NLL tie-break. It holds on GPT-NeoX; on
+    GPT-Neo block 0 is first (README: blocks 0-4 each remove every injected canary, suffix NLL
+    76.0 for block 0 against 73.8 for block 4), so GPT-Neo is a strict xfail: it becomes a
+    failure the day it holds, and the README must then change."""
+    org, truth, r = injected_block_ranking
+    ok = Lz.recall_at_k(r, truth, 1) == 1
+    if org == "neo":
+        if ok:
+            pytest.fail("GPT-Neo now ranks the injected block first: update the README and this test")
+        pytest.xfail(f"neo: {r.component.iloc[0]} ranks first, {truth} ranks {int(r[r.component == truth]['rank'].iloc[0])}")
+    assert ok, r
+
