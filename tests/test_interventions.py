@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from interp import sites
 from interp.errors import InputError
 from interp.generation import greedy_generate, teacher_forced_logits
 from interp.interventions import AttentionBypass, MeanAblation, ZeroAblation, apply, hooks_for
@@ -115,6 +116,69 @@ def test_mean_ablation_uses_the_fitted_mean(bridge, rows):
     with apply(bridge, mean), bridge.hooks(fwd_hooks=[("blocks.1.hook_attn_out", keep)]):
         bridge(rows[:2, :7])
     torch.testing.assert_close(seen["x"], mean.means[1].expand(2, 7, -1))
+
+
+def _hf_z(hf, layer, tokens, edit=None):
+    """Block ``layer``'s per-head ``z`` [batch, pos, head, d_head] read from the HF model: the
+    input of its attention output projection (heads concatenated head-major). ``edit(z)``, if
+    given, replaces that input in place; returns (z seen before the edit, logits)."""
+    from reference import attention_modules
+
+    mod = attention_modules(hf)[layer]
+    proj = mod.dense if hasattr(mod, "dense") else mod.out_proj
+    n_heads = hf.config.num_attention_heads if hasattr(hf.config, "num_attention_heads") else hf.config.num_heads
+    seen = {}
+
+    def pre(module, args):
+        x = args[0]
+        z = x.view(*x.shape[:2], n_heads, -1)
+        seen["z"] = z.clone()
+        if edit is not None:
+            edit(z)
+        return (x,) + tuple(args[1:])
+
+    handle = proj.register_forward_pre_hook(pre)
+    try:
+        logits = hf_logits(hf, tokens)
+    finally:
+        handle.remove()
+    return seen["z"], logits
+
+
+@pytest.mark.parametrize("heads", [[2], [0, 3]])
+def test_mean_head_ablation_uses_the_fitted_per_head_mean(bridge, hf, rows, heads):
+    """``MeanAblation.fit(..., heads=)``: the means of block 1 are a [head, d_head] array equal
+    to the mean of z over the fitting rows and positions, taken from the HF model (input of the
+    output projection); under the ablation the listed heads' z equals that mean at every
+    position, the other heads' z is unchanged, and the logits equal HF's with the same heads'
+    z overwritten by the independent mean."""
+    layer, n_heads, d_head = 1, bridge.cfg.n_heads, bridge.cfg.d_head
+    mean = MeanAblation.fit(bridge, rows, [layer], heads=heads)
+    assert mean.heads == tuple(heads) and mean.label == "mean:" + ",".join(f"L1H{h}" for h in heads)
+    ref_z, _ = _hf_z(hf, layer, rows)
+    ref_mean = ref_z.double().mean(dim=(0, 1))
+    assert tuple(mean.means[layer].shape) == (n_heads, d_head)
+    torch.testing.assert_close(mean.means[layer].double(), ref_mean, rtol=0, atol=ATOL)
+    assert ref_mean[heads].abs().max() > 1e-3  # a non-zero mean, so zeroing would be caught
+
+    probe = rows[:2, :7]
+    seen = {}
+
+    def keep(z, hook):
+        seen["z"] = z.clone()
+
+    with apply(bridge, mean), bridge.hooks(fwd_hooks=[(sites.z(layer), keep)]):
+        bridge(probe)
+    clean_z, _ = _hf_z(hf, layer, probe)
+    others = [h for h in range(n_heads) if h not in heads]
+    torch.testing.assert_close(seen["z"][:, :, heads].double(), ref_mean[heads].expand(2, 7, -1, -1), rtol=0, atol=ATOL)
+    torch.testing.assert_close(seen["z"][:, :, others], clean_z[:, :, others], rtol=0, atol=ATOL)
+
+    def overwrite(z):
+        z[:, :, heads] = ref_mean[heads].to(z)
+
+    _, ref_logits = _hf_z(hf, layer, probe, edit=overwrite)
+    torch.testing.assert_close(teacher_forced_logits(bridge, probe, [mean]), ref_logits, rtol=0, atol=ATOL)
 
 
 @pytest.mark.parametrize(

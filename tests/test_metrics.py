@@ -117,6 +117,18 @@ def test_exposure():
     assert metrics.exposure(100.0, cands) == pytest.approx(0.0)  # rank 8
 
 
+def test_exposure_ties_count_against_the_canary():
+    """Rank is the number of members of R at least as likely as the canary, the canary included,
+    so candidates whose NLL equals the canary's push its rank down (by hand, |R| = 8)."""
+    cands = torch.tensor([1.0, 2.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    assert metrics.exposure(2.0, cands) == pytest.approx(3.0 - 2.0)  # 1.0, 2.0 x2 and itself: rank 4, not 2
+    three = torch.tensor([1.0, 2.0, 2.0, 2.0, 3.0, 4.0, 5.0])
+    assert metrics.exposure(2.0, three) == pytest.approx(3.0 - math.log2(5))  # rank 5, not 2
+    assert metrics.exposure(1.0, cands) == pytest.approx(3.0 - 1.0)  # ties the best: rank 2, not 1
+    assert metrics.exposure(6.0, cands) == pytest.approx(0.0)  # ties the worst: rank 8, not 7
+    assert metrics.exposure(7.0, torch.full((7,), 7.0)) == pytest.approx(0.0)  # all tied: rank |R|
+
+
 def test_shape_mismatch_is_an_error():
     # jaxtyping's runtime check (TypeError) fires first when the suite runs with it; our own
     # ValueError covers runs without it
