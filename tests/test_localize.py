@@ -19,7 +19,7 @@ from interp.memorization import evaluate
 from interp.models import load_model
 from interp.organism import DATA_DIR
 from interp.tiny import random_model, tiny_tokenizer
-from reference import HFBypass, hf_greedy
+from reference import HFBypass, hf_greedy, hf_logits, load_hf
 
 torch.set_num_threads(1)
 
@@ -241,8 +241,16 @@ def test_dla_and_denoising_attribution_find_the_planted_head(planted):
     assert Lz.recall_at_k(Lz.rank_by_effect(dla, "dla", value="dla"), PLANTED, 1) == 1
 
 
+def _hf_mean_token_nll(folder, rows, layers=(), heads=None) -> float:
+    """Mean next-token NLL over every position, from the Hugging Face model (reference bypass)."""
+    hf, tokens = load_hf(folder), torch.as_tensor(rows)
+    with HFBypass(hf, list(layers), heads):
+        logp = torch.log_softmax(hf_logits(hf, tokens[:, :-1]).double(), -1)
+    return float(-logp.gather(-1, tokens[:, 1:, None]).mean())
+
+
 def test_knockout_of_the_planted_head_breaks_its_rows(planted):
-    _, model, rows, _ = planted
+    folder, model, rows, _ = planted
     general_rows = np.random.default_rng(1).integers(1, 500, (4, PREFIX + SUFFIX))
     calls = []
     acc = Lz.GeneralScore("acc", lambda m, ivs: calls.append(ivs) or (0.5 if ivs else 0.75), higher_is_better=True)
@@ -254,7 +262,9 @@ def test_knockout_of_the_planted_head_breaks_its_rows(planted):
     assert target.baseline == 1 and target["drop"] > 0
     nll = df[df.metric == "mean_token_nll"].iloc[0]
     assert nll["drop"] == pytest.approx(nll.knocked - nll.baseline)
-    assert nll.baseline == pytest.approx(Lz.mean_token_nll(model, general_rows))
+    assert nll.baseline == pytest.approx(_hf_mean_token_nll(folder, general_rows), rel=1e-5)
+    assert nll.knocked == pytest.approx(_hf_mean_token_nll(folder, general_rows, [1], [2]), rel=1e-5)  # L1H2
+    assert abs(nll.knocked - nll.baseline) > 1e-4  # the knockout moves it, so the comparison above is not vacuous
     assert df[df.metric == "acc"]["drop"].item() == pytest.approx(0.25)  # higher is better: baseline - knocked
     assert len(calls) == 2 and calls[0] == [] and calls[1][0].label == "L1H2"
     curve = Lz.knockout_curve(model, ranking([PLANTED, "L0H0"]), [1, 2], PREFIX, target_rows=rows[:2], how="zero")
