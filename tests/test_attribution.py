@@ -80,32 +80,46 @@ def bridge64(tiny_dir):
     return load_model(tiny_dir, dtype=torch.float64)
 
 
-def _metric_with_head_scaled(model, runs, layer, head, alpha, z_src, z_base):
+def _metric_with_head_scaled(model, base, target, layer, head, alpha, z_src, z_base):
     def fn(z, hook):
         z = z.clone()
         z[:, :, head] = z_base[:, :, head] + alpha * (z_src[:, :, head] - z_base[:, :, head])
         return z
 
     with torch.no_grad():
-        logits = model.run_with_hooks(runs.corrupted, fwd_hooks=[(sites.z(layer), fn)])
-    return float(P.suffix_logprob(logits, runs.target).double().mean())
+        logits = model.run_with_hooks(base, fwd_hooks=[(sites.z(layer), fn)])
+    return float(P.suffix_logprob(logits, target).double().mean())
 
 
-def test_attribution_patching_is_the_directional_derivative(bridge64, rows):
+@pytest.mark.parametrize("direction", P.DIRECTIONS)
+def test_attribution_patching_is_the_directional_derivative(bridge64, rows, direction):
     """In float64, the estimate for each head equals a central finite difference of the metric
-    along (z_clean - z_corrupted) at the corrupted run."""
+    along (z_source - z_base) at the base run: denoising differentiates at the corrupted run
+    along z_clean - z_corrupted, noising at the clean run along z_corrupted - z_clean."""
     runs = P.prepare_runs(bridge64, rows, PREFIX, n_corrupt=2, seed=1)
-    atp = A.attribution_patching(bridge64, runs, directions=["denoising"]).set_index("component")
-    z_clean, z_corr = A._z_cache(bridge64, runs.clean), A._z_cache(bridge64, runs.corrupted)
+    atp = A.attribution_patching(bridge64, runs, directions=[direction]).set_index("component")
+    base, src = (runs.corrupted, runs.clean) if direction == "denoising" else (runs.clean, runs.corrupted)
+    z_base, z_src = A._z_cache(bridge64, base), A._z_cache(bridge64, src)
     eps = 1e-2  # GPT-Neo computes attention scores in float32 even in a float64 model
     for layer, head in [(0, 0), (1, 2), (int(bridge64.cfg.n_layers) - 1, 3)]:
-        up = _metric_with_head_scaled(bridge64, runs, layer, head, eps, z_clean[layer], z_corr[layer])
-        down = _metric_with_head_scaled(bridge64, runs, layer, head, -eps, z_clean[layer], z_corr[layer])
+        up = _metric_with_head_scaled(bridge64, base, runs.target, layer, head, eps, z_src[layer], z_base[layer])
+        down = _metric_with_head_scaled(bridge64, base, runs.target, layer, head, -eps, z_src[layer], z_base[layer])
         fd = (up - down) / (2 * eps)
         assert atp.loc[sites.head_label(layer, head), "estimate"] == pytest.approx(fd, rel=1e-3, abs=1e-6)
 
 
-def test_attribution_correlates_with_exact_patching(bridge, rows):
+# Pearson of per-head attribution patching vs exact patching, both directions. Observed on these
+# rows: neox 0.962 (denoising) / 0.855 (noising), neo 0.996 / 0.996; over 10 row/corruption seeds
+# neox ranged 0.855-0.993 and neo 0.990-0.999 (12 and 16 heads: the tiny NeoX is less linear
+# per head). The floors keep a margin below the worst seen. That the estimate is the right
+# derivative in each direction is checked exactly by the finite-difference test above.
+MIN_PEARSON = {"neox": 0.8, "neo": 0.97}
+
+
+def test_attribution_correlates_with_exact_patching(bridge, rows, arch):
+    """Attribution patching tracks exact per-head patching (Pearson above ``MIN_PEARSON`` in
+    both directions); chunking rows changes neither estimates nor DLA; exact patching compared
+    with itself correlates perfectly."""
     runs = P.prepare_runs(bridge, rows, PREFIX, n_corrupt=2, seed=1)
     exact = P.patch(bridge, rows, PREFIX, runs=runs, sites_=["head"])
     atp = A.attribution_patching(bridge, runs)
@@ -113,7 +127,8 @@ def test_attribution_correlates_with_exact_patching(bridge, rows):
     table = A.compare_to_patching(exact, {"attribution_patching": atp, "dla": dla})
     assert set(table.columns) == {"method", "direction", "metric", "pearson", "spearman", "n"}
     atp_rows = table[table.method == "attribution_patching"]
-    assert len(atp_rows) == 2 and (atp_rows.pearson > 0.8).all()  # 0.96-0.997 on these tiny models
+    assert sorted(atp_rows.direction) == sorted(P.DIRECTIONS)
+    assert (atp_rows.pearson > MIN_PEARSON[arch]).all(), atp_rows[["direction", "pearson"]].to_dict("records")
     chunked = A.attribution_patching(bridge, runs, batch_size=3)  # rows split 3 + 1
     torch.testing.assert_close(torch.tensor(chunked.estimate.to_numpy()), torch.tensor(atp.estimate.to_numpy()), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(torch.tensor(A.direct_logit_attribution(bridge, rows, PREFIX, batch_size=3).dla.to_numpy()),

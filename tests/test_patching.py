@@ -7,7 +7,7 @@ import transformer_lens.patching as tlp
 
 from interp import patching as P
 from interp.generation import greedy_generate
-from reference import _values_and_proj, attention_modules
+from reference import _values_and_proj, attention_modules, hf_logits
 
 torch.set_num_threads(1)  # the tiny models are far faster single-threaded on a shared CPU
 
@@ -65,6 +65,47 @@ def test_chunking_rows_and_cells_changes_nothing(bridge, setup, patched):
     chunked = P.patch(bridge, rows, PREFIX, runs=small, sites_=["mlp_out", "head"], directions=["noising"], batch_size=3)
     ref = patched[patched.site.isin(["head", "mlp_out"]) & (patched.direction == "noising")]
     torch.testing.assert_close(torch.tensor(chunked["value"].to_numpy()), torch.tensor(ref["value"].to_numpy()), atol=1e-4, rtol=1e-6)
+
+
+def test_foil_is_the_top_non_true_token():
+    """``make_target`` on hand-built logits: at each suffix position the foil is the highest
+    logit other than the true token's, even where the true token itself is the highest."""
+    rows = torch.tensor([[9, 8, 1, 2, 3], [9, 8, 4, 5, 6]])  # prefix 2, suffix 3
+    logits = torch.zeros(2, 4, 10)
+    logits[:, 1:, 7] = 5.0  # runner-up everywhere
+    logits[0, 1, 1] = logits[0, 3, 3] = logits[1, 2, 5] = 9.0  # true token on top at these positions
+    logits[0, 2, 0] = logits[1, 1, 0] = logits[1, 3, 0] = 6.0  # a non-true token beats the runner-up here
+    target = P.make_target(logits, rows, 2)
+    assert torch.equal(target.suffix, rows[:, 2:])
+    assert torch.equal(target.foil, torch.tensor([[7, 0, 7], [0, 7, 0]]))
+    logits[0, 2, 2] = 2.0  # true token at (row 0, suffix 1): logit_diff = mean over positions
+    assert P.logit_diff(logits, target).tolist() == pytest.approx([(4 + (2 - 6) + 4) / 3, (-6 + 4 - 6) / 3])
+
+
+def test_logit_diff_matches_hf_reference(hf, setup):
+    """The foils and the unpatched ``logit_diff`` means, recomputed by hand from HF logits: the
+    foil at each suffix position is the corrupted run's top token other than the true suffix
+    token (never the true token), and ``logit_diff`` is the per-sequence mean over suffix
+    positions of logit(true) - logit(foil), averaged over sequences."""
+    rows, runs = setup
+    suffix = rows[:, PREFIX:]
+    T = suffix.shape[1]
+    clean = hf_logits(hf, runs.clean)[:, PREFIX - 1 : PREFIX - 1 + T].double()
+    corr = hf_logits(hf, runs.corrupted)[:, PREFIX - 1 : PREFIX - 1 + T].double()
+    foil = runs.target.foil
+    assert foil.shape == suffix.shape and not (foil == suffix).any()
+    # the foil is the best non-true token of the corrupted run (compared by logit: robust to near-ties)
+    best_other = torch.tensor([[float(torch.cat([corr[b, j, :t], corr[b, j, t + 1 :]]).max()) for j, t in enumerate(suffix[b].tolist())]
+                               for b in range(len(rows))], dtype=torch.float64)  # fmt: skip
+    torch.testing.assert_close(corr.gather(-1, foil[..., None]).squeeze(-1), best_other, atol=1e-5, rtol=0)
+    assert (corr.argmax(-1) == suffix).any()  # so excluding the true token matters on these rows
+    for run, lg in (("clean", clean), ("corrupted", corr)):
+        true_l = lg.gather(-1, suffix[..., None]).squeeze(-1)
+        foil_l = lg.gather(-1, foil[..., None]).squeeze(-1)
+        per_seq = [sum(float(true_l[b, j] - foil_l[b, j]) for j in range(T)) / T for b in range(len(rows))]
+        expected = sum(per_seq) / len(per_seq)
+        got = (runs.clean_metrics if run == "clean" else runs.corrupted_metrics)["logit_diff"]
+        assert got == pytest.approx(expected, abs=1e-5), run
 
 
 def test_gap_is_positive_for_memorized_rows(setup):
@@ -168,3 +209,38 @@ def test_head_and_residual_patches_match_hf_reference(bridge, hf, setup, patched
     # unpatched endpoints
     clean, _ = hf_suffix_logprob(hf, runs.clean, suffix)
     assert runs.clean_metrics["suffix_logprob"] == pytest.approx(clean, abs=1e-4)
+
+
+@pytest.mark.parametrize("direction", P.DIRECTIONS)
+def test_normalized_effect_matches_documented_formula_on_hf_reference(bridge, hf, setup, patched, direction):
+    """``normalized`` of cells with a clearly nonzero effect equals the module docstring's
+    formula applied to HF reference values of suffix log-prob (patched, clean, corrupted):
+    denoising ``(patched - corrupted) / (clean - corrupted)``, noising
+    ``(clean - patched) / (clean - corrupted)``; cells: every head of the last layer and the
+    residual stream entering block 1 at each prefix position."""
+    rows, runs = setup
+    suffix = rows[:, PREFIX:]
+    base, src = (runs.corrupted, runs.clean) if direction == "denoising" else (runs.clean, runs.corrupted)
+    clean, _ = hf_suffix_logprob(hf, runs.clean, suffix)
+    corr, _ = hf_suffix_logprob(hf, runs.corrupted, suffix)
+    gap = clean - corr
+    assert gap > 0.05  # the formula's denominator, comfortably away from 0
+    mine = patched[(patched.direction == direction) & (patched.metric == "suffix_logprob")]
+    assert ((mine["clean"] - clean).abs() < 1e-4).all() and ((mine["corrupted"] - corr).abs() < 1e-4).all()
+    last = int(bridge.cfg.n_layers) - 1
+    cells = []  # (row of ours, HF patched value)
+    for head in range(int(bridge.cfg.n_heads)):
+        _, src_store = hf_suffix_logprob(hf, src, suffix, layer=last, head=head)
+        value, _ = hf_suffix_logprob(hf, base, suffix, layer=last, head=head, z_src=src_store["z"])
+        cells.append((mine[(mine.site == "head") & (mine.component == f"L{last}H{head}")], value))
+    for pos in range(PREFIX):
+        _, src_store = hf_suffix_logprob(hf, src, suffix, layer=1, pos=pos)
+        value, _ = hf_suffix_logprob(hf, base, suffix, layer=1, pos=pos, resid_src=src_store["resid"])
+        cells.append((mine[(mine.site == "resid_pre") & (mine.layer == 1) & (mine.position == pos)], value))
+    tol = 5e-5 / gap  # HF and the bridge agree to ~1e-6 nats here
+    n_nonzero = 0
+    for ours, value in cells:
+        expected = (value - corr) / gap if direction == "denoising" else (clean - value) / gap
+        assert ours["normalized"].item() == pytest.approx(expected, abs=tol), ours.component.item()
+        n_nonzero += abs(expected) > 10 * tol
+    assert n_nonzero >= 5  # a sign or orientation error cannot hide behind zero effects
