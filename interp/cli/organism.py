@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from interp.errors import InputError
+from interp.results import publish
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def _atomic_write(path: Path, write) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
