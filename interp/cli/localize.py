@@ -15,7 +15,8 @@ Writes ``ranking.csv`` (``method,component,score,rank``; rank 1 = most responsib
 results of the method (``sequences.parquet``, ``heads.parquet``, ``patching.parquet`` or
 ``attribution.parquet`` + ``correlation.csv``), ``config.json``, and, when the true component is
 known (``--truth``, or ``injected_component`` in the model folder's ``manifest.json``),
-``recall.csv`` with Recall@k. With ``--knockout K[,K...]`` it also knocks out the top-K
+``recall.csv`` with Recall@k (``recall``, with the method's tie-break) and the expected
+Recall@k had the score's ties been broken at random (``recall_ties_random``). With ``--knockout K[,K...]`` it also knocks out the top-K
 components together and writes ``knockout.csv``: the drop in exact match / token accuracy on the
 rows of ``--data`` (``target``) and of ``--other-data`` (``other``), the rise of the mean
 token NLL on ``--general-data`` and the fall of the mean accuracy on ``--general-tasks``
