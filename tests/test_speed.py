@@ -31,6 +31,7 @@ def _macs(fn) -> float:
     return counter.get_total_flops() / 2  # one multiply-accumulate = 2 flops
 
 
+@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")  # HF's own kwarg name until 5.40
 @torch.no_grad()
 def test_operation_count_matches_pytorch_on_gpt_neox():
     """The per-row sweep count, rebuilt from PyTorch's counts of the passes it is made of (prefill,
