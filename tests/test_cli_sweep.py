@@ -152,6 +152,27 @@ def test_shards_merge_to_the_unsharded_sweep(tmp_path, tiny_dir, data_file):
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "m" / "summary.csv"), pd.read_csv(tmp_path / "all" / "summary.csv"))
 
 
+def test_merge_refuses_overlapping_or_foreign_shards(tmp_path, tiny_dir, data_file):
+    """A shard given twice (rows would be duplicated) or a shard of another sweep (other blocks)
+    is refused with exit code 2, and nothing is written."""
+    for k in range(2):
+        assert main(_sweep_args(tiny_dir, data_file, tmp_path / f"s{k}", "--shard", f"{k}/2")) == 0
+    assert main(_sweep_args(tiny_dir, data_file, tmp_path / "other1", "--shard", "1/2", "--blocks", "0")) == 0
+    for shards in (["s0", "s0", "s1"], ["s0", "other1"]):
+        out = tmp_path / ("m-" + "-".join(shards))
+        assert main(["merge", *(str(tmp_path / s) for s in shards), "--out", str(out)]) == 2
+        assert not out.exists()
+
+
+@pytest.mark.parametrize("spec", ["3/3", "2/2", "1/0", "a/b", "1", "0/2/3"])
+def test_bad_shard_spec_is_refused(tmp_path, tiny_dir, data_file, spec, capsys):
+    """K counts from 0 and must be below N: anything else is one sentence on stderr, exit code 2."""
+    assert main(_sweep_args(tiny_dir, data_file, tmp_path / "o", "--shard", spec)) == 2
+    assert not (tmp_path / "o" / "summary.csv").exists()
+    err = capsys.readouterr().err.strip()
+    assert err and "Traceback" not in err
+
+
 def test_output_folder_of_another_sweep_is_refused(tmp_path, tiny_dir, data_file):
     assert main(_sweep_args(tiny_dir, data_file, tmp_path / "o", "--blocks", "0")) == 0
     assert main(_sweep_args(tiny_dir, data_file, tmp_path / "o", "--blocks", "1")) == 2
@@ -177,7 +198,9 @@ def test_killed_sweep_resumes_without_losing_or_duplicating_rows(tmp_path, tiny_
     assert saved and not (out / "summary.csv").exists()
     for part in saved:  # every part under a final name is whole
         pd.read_parquet(part)
+    stamps = {part: part.stat().st_mtime_ns for part in saved}
     assert main(_sweep_args(tiny_dir, data_file, out, "--chunk-rows", "2")) == 0
+    assert {part: part.stat().st_mtime_ns for part in saved} == stamps  # saved parts reused, not recomputed
     resumed = pd.read_parquet(out / "sequences.parquet")
     assert main(_sweep_args(tiny_dir, data_file, tmp_path / "fresh", "--chunk-rows", "2")) == 0
     pd.testing.assert_frame_equal(resumed, pd.read_parquet(tmp_path / "fresh" / "sequences.parquet"))

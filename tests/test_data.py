@@ -63,6 +63,24 @@ def test_validation_messages(rows, prefix, match):
         validate_rows(rows, prefix, vocab_size=512, context_length=128)
 
 
+def test_validation_boundaries():
+    """The edges are inclusive where they should be: ids 0 and vocab-1 and rows exactly as long as
+    the context are accepted, one past each is refused."""
+    ok = np.zeros((2, 128), dtype=np.int64)
+    ok[0, -1] = 511
+    validate_rows(ok, 127, vocab_size=512, context_length=128)
+    with pytest.raises(InputError, match="token id 512 is outside"):
+        validate_rows(np.full((2, 8), 512), 4, vocab_size=512, context_length=128)
+    with pytest.raises(InputError, match="129 tokens, more than the model's context of 128"):
+        validate_rows(np.zeros((2, 129), dtype=np.int64), 4, vocab_size=512, context_length=128)
+
+
+def test_empty_npy_is_refused(tmp_path):
+    np.save(tmp_path / "empty.npy", np.zeros((0, 8), dtype=np.int64))
+    with pytest.raises(InputError, match="holds no rows"):
+        load_rows(tmp_path / "empty.npy")
+
+
 def test_mine_memorized_keeps_what_the_model_reproduces(bridge):
     prefixes = torch.randint(1, 500, (6, 5))
     cont = greedy_generate(bridge, prefixes, 4)

@@ -42,6 +42,26 @@ def test_missing_folder_is_a_clear_error(tmp_path):
         load_model(tmp_path / "nope")
 
 
+def test_organism_specs_resolve_to_their_folders():
+    """``organism``, ``organism:ARCH`` and ``organism:ARCH-injected`` name the shipped folders."""
+    from interp.models import resolve_source
+    from interp.organism import DATA_DIR
+
+    assert resolve_source("organism") == str(DATA_DIR / "neox")
+    for arch in ("neox", "neo"):
+        assert resolve_source(f"organism:{arch}") == str(DATA_DIR / arch)
+        if (DATA_DIR / f"{arch}-injected" / "config.json").is_file():
+            assert resolve_source(f"organism:{arch}-injected") == str(DATA_DIR / f"{arch}-injected")
+    with pytest.raises(InputError, match="must be 'neox' or 'neo'"):
+        resolve_source("organism:gpt2")
+
+
+def test_a_file_is_not_a_model(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(InputError, match="is a file"):
+        load_model(tmp_path / "weights.bin")
+
+
 def test_folder_without_config_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="no config.json"):
         load_model(tmp_path)
