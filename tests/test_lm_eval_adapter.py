@@ -100,3 +100,43 @@ def test_bridge_lm_generate_until_equals_hf_greedy_cut_at_the_stop_string(tmp_pa
     got = lm.generate_until([Instance("generate_until", {}, (context, {"until": [stop], "max_gen_toks": 12}), 0),
                              Instance("generate_until", {}, (context, {"until": ["\x00never"], "max_gen_toks": 12}), 1)])
     assert got == [full[: full.index(stop)], full]
+
+
+@pytest.mark.parametrize("max_len, context_len", [(8, 1), (8, 3), (8, 8), (5, 2)])
+def test_rolling_windows_equal_the_harness_windows(max_len, context_len):
+    """``rolling_windows`` equals lm-eval's own ``get_rolling_token_windows`` followed by
+    ``make_disjoint_window``, for lengths around the window size."""
+    import random
+
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+    rng = random.Random(max_len * 10 + context_len)
+    for n in [0, 1, max_len - 1, max_len, max_len + 1, 3 * max_len + 2, 40]:
+        tokens = [rng.randrange(1, 500) for _ in range(n)]
+        want = [make_disjoint_window(w) for w in get_rolling_token_windows(tokens, 0, max_len, context_len)]
+        assert [(list(a), list(b)) for a, b in B.rolling_windows(tokens, 0, max_len, context_len)] == \
+            [(list(a), list(b)) for a, b in want], n  # fmt: skip
+
+
+def test_multi_window_perplexity_equals_hf_over_the_harness_windows(tmp_path):
+    """The total NLL of a text longer than the context, against the HF model scoring each of the
+    harness's windows (float64 log-softmax), under a bypass (reference hook on the HF model)."""
+    import torch
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+    from reference import HFBypass, load_hf
+
+    folder = make_tiny_model(tmp_path, "neox", seed=4, n_ctx=16)
+    model, hf = load_model(folder), load_hf(folder)
+    text = "import os\nprint(os.getcwd())\n" * 4
+    tokens = model.tokenizer.encode(text, add_special_tokens=False)
+    assert len(tokens) > 16
+    want = 0.0
+    with HFBypass(hf, [0]), torch.no_grad():
+        for ctx, cont in map(make_disjoint_window, get_rolling_token_windows(tokens, model.tokenizer.eos_token_id, 16, 1)):
+            seq = torch.tensor([list(ctx) + list(cont)])
+            logp = torch.log_softmax(hf(seq).logits[0, :-1].double(), -1)
+            targets = seq[0, 1:]
+            want -= float(logp[-len(cont):].gather(-1, targets[-len(cont):, None]).sum())
+    got = B.perplexity(model, [text], [AttentionBypass(0)], progress=False)
+    assert got["nll"] == pytest.approx(want, rel=1e-5)
+    assert got["n_tokens"] == len(tokens)
