@@ -370,3 +370,91 @@ def test_bench_limit_scores_only_the_first_items(tmp_path, tiny_dirs):
     assert config["limit"] == 3 and config["tasks"]["t"]["n_items"] == 3
     assert _main(["bench", "--model", str(tiny_dirs["neox"]), "--tasks", str(task), "--limit", "0",
                   "--out", str(tmp_path / "bad"), "--no-progress"]) == 2  # fmt: skip
+
+
+# ---------------------------------------------------------------- hand-computed metric checks
+
+
+def test_mc_metrics_acc_norm_counts_every_character_including_the_delimiter():
+    # no delimiter named: the length is the whole choice in characters (" a" = 2, " bbb" = 4)
+    items = (B.Item("q", (" a", " bbb"), 0), B.Item("q", (" bbb", " a"), 1))
+    scores = [np.array([-1.0, -2.9]), np.array([-2.9, -1.0])]
+    np.testing.assert_array_equal(items[0].norm_lengths(), [2.0, 4.0])
+    m = B.mc_metrics(B.Task("t", items), scores)
+    # -1/2 = -0.5 > -2.9/4 = -0.725 picks " a" (right); with len - 1: -1/1 = -1 < -2.9/3 = -0.967 picks " bbb"
+    assert m["acc_norm"] == 1.0 and m["acc_norm_stderr"] == 0.0
+
+
+def test_mc_metrics_acc_norm_uses_characters_not_bytes():
+    # " é" is 2 characters but 3 UTF-8 bytes; " e" is 2 of both
+    items = (B.Item("q", (" é", " e"), 1),)
+    m = B.mc_metrics(B.Task("t", items), [np.array([-2.0, -1.9])])
+    # characters: -2/2 = -1.0 < -1.9/2 = -0.95 -> picks 1 (right); bytes: -2/3 = -0.667 > -0.95 -> picks 0
+    assert m["acc_norm"] == 1.0
+
+
+def test_mc_metrics_stderr_is_the_sample_standard_error():
+    items = (B.Item("q", (" a", " b"), 0), B.Item("q", (" a", " b"), 1), B.Item("q", (" a", " b"), 1))
+    scores = [np.array([-2.0, -1.0]), np.array([-2.0, -1.0]), np.array([-2.0, -1.0])]  # acc = [0, 1, 1]
+    m = B.mc_metrics(B.Task("t", items), scores)
+    assert m["acc"] == pytest.approx(2 / 3) and m["acc_norm"] == pytest.approx(2 / 3)
+    # sample sd of [0, 1, 1] is sqrt(1/3); divided by sqrt(3) gives exactly 1/3 (ddof=0 would give sqrt(2)/3/sqrt(3))
+    assert m["acc_stderr"] == pytest.approx(1 / 3, rel=1e-12)
+    assert m["acc_norm_stderr"] == pytest.approx(1 / 3, rel=1e-12)
+    assert np.isnan(B.mc_metrics(B.Task("t", items[:1]), scores[:1])["acc_stderr"])  # one item: undefined
+
+
+def test_greedy_flag_requires_every_continuation_token_to_be_the_argmax(tiny):
+    folder, model = tiny
+    hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    ctx = model.tokenizer.encode("The logger writes", add_special_tokens=False)
+    with torch.no_grad():
+        first = int(hf(torch.tensor([ctx])).logits[0, -1].argmax())
+        second = int(hf(torch.tensor([ctx + [first]])).logits[0, -1].argmax())
+        third = int(hf(torch.tensor([ctx + [first, second]])).logits[0, -1].argmax())
+    wrong = next(t for t in range(10, 100) if t not in (first, second, third))  # never the argmax where used
+    conts = [[first, second, third], [first, second], [first, wrong], [wrong, second], [first, second, wrong]]
+    reqs = [(ctx, c) for c in conts]
+    _, greedy = B.loglikelihoods(model, reqs, batch_size=3, progress=False)
+    expected = []
+    for c in conts:
+        with torch.no_grad():
+            logits = hf(torch.tensor([ctx + c])).logits[0]
+        argmax = logits[len(ctx) - 1 : len(ctx) - 1 + len(c)].argmax(-1).tolist()
+        expected.append(all(a == t for a, t in zip(argmax, c)))
+    assert expected == [True, True, False, False, False]  # only some tokens are the argmax in the last three
+    assert greedy.tolist() == expected
+
+
+def test_perplexity_bits_per_byte_on_non_ascii_text(tiny):
+    folder, model = tiny
+    hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    text = "café = naïve → ünïcode"
+    n_bytes = len(text.encode("utf-8"))
+    ppl = B.perplexity(model, [text], progress=False)
+    nll = -hf_score(hf, model.tokenizer, "", text)
+    assert ppl["n_bytes"] == n_bytes and n_bytes > len(text) and ppl["n_tokens"] != n_bytes
+    assert ppl["nll"] == pytest.approx(nll, rel=1e-5)
+    assert ppl["bits_per_byte"] == pytest.approx(nll / (n_bytes * np.log(2)), rel=1e-5)
+    table = B.perplexity_table(model, [text], {"baseline": []}, progress=False)
+    acc = pd.DataFrame({"config": ["baseline"], "task": ["a"], "kind": ["user"], "acc": [0.5], "acc_norm": [0.5]})
+    j = B.joined_table(acc, perplexities=table)
+    assert j["bits_per_byte"].tolist() == pytest.approx([nll / (n_bytes * np.log(2))], rel=1e-5)
+    assert j["token_perplexity"].tolist() == pytest.approx([np.exp(nll / ppl["n_tokens"])], rel=1e-5)
+
+
+def test_joined_table_drop_is_nan_when_the_baseline_accuracy_is_zero():
+    acc = pd.DataFrame({
+        "config": ["baseline", "baseline", "block:0", "block:0"],
+        "task": ["z", "a", "z", "a"],
+        "kind": ["user", "user", "user", "user"],
+        "acc": [0.0, 0.5, 0.25, 0.25],
+        "acc_norm": [0.0, 0.5, 0.25, 0.25],
+    })  # fmt: skip
+    ppl = pd.DataFrame({"config": ["block:0", "baseline"], "token_perplexity": [9.0, 3.0], "bits_per_byte": [2.5, 1.5]})
+    j = B.joined_table(acc, perplexities=ppl).set_index("config")
+    assert np.isnan(j.loc["baseline", "drop:z"]) and np.isnan(j.loc["block:0", "drop:z"])
+    assert j.loc["block:0", "drop:a"] == pytest.approx(0.5) and j.loc["block:0", "acc:z"] == 0.25
+    assert j.loc["block:0", "drop_user"] == pytest.approx(0.5)  # the mean skips the NaN drop
+    assert j["bits_per_byte"].tolist() == [1.5, 2.5] and j["token_perplexity"].tolist() == [3.0, 9.0]
+    np.testing.assert_array_equal(B.relative_drop(acc).isna().tolist(), [True, False, True, False])
