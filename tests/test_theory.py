@@ -424,6 +424,230 @@ def test_bypass_hook_is_the_theorem_s_bypass(ref):
 
 
 # ---------------------------------------------------------------------------------------------
+# Independent recomputations (brute-force loops, hand-made frames, pandas) of the step bound,
+# the violation oracles, the D3 and logits columns and the propagation/summary ratios
+# ---------------------------------------------------------------------------------------------
+
+C_ACT_DOC = {"gelu": 1.128904, "gelu_new": 1.128993, "relu": 1.0}  # docs/theory.md, D3 table
+
+
+def _brute_attention_step_bound(w, A, u, u_b, du):
+    """docs/theory.md D4 steps 2-5, one sequence, by loops over heads, queries and key pairs.
+    Returns the bound per query and, per (head, query), the uncapped 2 max|ds|, the pair diameter
+    and the largest distance to the query alone (to show the inputs exercise every term)."""
+    H, p = w.W_V.shape[0], u.shape[0]
+    g = w.score_scale * w.rope_gain**2
+    out = torch.zeros(p, dtype=torch.float64)
+    l1_raw, diam_pairs, diam_to_i = [], [], []
+    for m in range(H):
+        W_VO = w.W_V[m] @ w.W_O[m]
+        n_vo = float(torch.linalg.matrix_norm(W_VO, ord=2))
+        nQ, nK = float(torch.linalg.matrix_norm(w.W_Q[m], ord=2)), float(torch.linalg.matrix_norm(w.W_K[m], ord=2))
+        for i in range(p):
+            vis = [j for j in range(i + 1) if w.window is None or j > i - w.window]
+            value = n_vo * sum(float(A[m, i, j]) * float(du[j]) for j in vis)
+            q_i = float(torch.linalg.vector_norm(u[i] @ w.W_Q[m] + w.b_Q[m]))
+            ds = [g * (q_i * nK * float(du[j]) + nQ * float(du[i]) * float(torch.linalg.vector_norm(u_b[j] @ w.W_K[m] + w.b_K[m]))) for j in vis]
+            l1 = min(2.0, 2.0 * max(ds))
+            x = {j: u_b[j] @ W_VO for j in vis}
+            diam = max(float(torch.linalg.vector_norm(x[j] - x[jj])) for j in vis for jj in vis)
+            out[i] += value + l1 / 2 * diam
+            l1_raw.append(2.0 * max(ds))
+            diam_pairs.append(diam)
+            diam_to_i.append(max(float(torch.linalg.vector_norm(x[j] - x[i])) for j in vis))
+    return out, np.array(l1_raw), np.array(diam_pairs), np.array(diam_to_i)
+
+
+def test_attention_step_bound_matches_a_brute_force_loop(ref):
+    """D4 attention step bound against per-head loops: value path, the scores' bilinear bound,
+    ||A - Ã||_1 <= min(2, 2 max_j |Δs_ij|) and the diameter as an explicit max over pairs
+    j, j' <= i in the visible window. The real input differences (bypass at block 0) and a
+    scaled copies (x1e-3, x30) exercise both the capped and the uncapped softmax term."""
+    _, model, _, tokens = ref
+    tokens = tokens[:, :9]
+    n = int(model.cfg.n_layers)
+    names = {sites.resid_post(k) for k in range(n)} | {sites.ln1_out(k) for k in range(n)} | {sites.pattern(k) for k in range(n)}
+    normal = _cache(model, tokens, names)
+    bypassed = _cache(model, tokens, names, [AttentionBypass(0)])
+    l1_all, pair_all, to_i_all = [], [], []
+    for k in range(1, n):
+        w = theory.block_weights(model, k)
+        h, h_b = normal[sites.resid_post(k - 1)], bypassed[sites.resid_post(k - 1)]
+        du0 = w.gamma1.abs().max() * (h - h_b).norm(dim=-1) / theory.segment_min_scale(h, h_b, w.eps1)
+        for factor in (1.0, 1e-3, 30.0):
+            du = du0 * factor
+            got = theory.attention_step_bound(w, normal[sites.pattern(k)], normal[sites.ln1_out(k)], bypassed[sites.ln1_out(k)], du)
+            for b in range(tokens.shape[0]):
+                want, l1, pair, to_i = _brute_attention_step_bound(
+                    w, normal[sites.pattern(k)][b], normal[sites.ln1_out(k)][b], bypassed[sites.ln1_out(k)][b], du[b]
+                )
+                np.testing.assert_allclose(got[b].numpy(), want.numpy(), rtol=1e-9, atol=1e-12, err_msg=f"block {k} seq {b} du x{factor}")
+                l1_all.append(l1)
+                pair_all.append(pair)
+                to_i_all.append(to_i)
+    l1, pair, to_i = (np.concatenate(x) for x in (l1_all, pair_all, to_i_all))
+    # the comparison is sensitive to every term: both softmax regimes occur with a nonzero
+    # diameter, and the spread over pairs is strictly larger than the distances to i somewhere
+    assert ((l1 < 1.9) & (pair > 1e-3)).any() and (l1 > 2.0).any()
+    assert (pair > to_i * (1 + 1e-6) + 1e-9).any()
+
+
+def _planted_bounds_frame():
+    """One clean row, one row per statement with exactly that statement violated (by 1e-3 with
+    all scales 1, tolerance 1e-5), and rows violating nothing beyond the tolerance."""
+    import pandas as pd
+
+    clean = dict(layer=0, sequence=0, token=3, measured=1.0, B1=2.0, B2=3.0, B3=4.0, d1_err=0.0,
+                 attn_scale=1.0, block_identity_err=float("nan"), block_measured=1.0, block_bound=2.0,
+                 block_scale=1.0, logits_measured=1.0, logits_bound=2.0, logits_scale=1.0)  # fmt: skip
+    planted = {
+        None: {},
+        "B1": dict(measured=2.001),
+        "B2": dict(B1=3.001),
+        "B3": dict(B2=4.001),
+        "D1": dict(d1_err=1e-3),
+        "first": dict(token=0, measured=1e-3),
+        "block": dict(block_measured=2.001),
+        "block_identity": dict(block_identity_err=1e-3, block_bound=1.0, block_measured=1.0),
+        "logits": dict(logits_measured=2.001),
+        "within_tol": dict(measured=2.0 + 5e-6, B1=2.0, B2=2.0 + 1e-6, d1_err=5e-6, block_measured=2.0 + 5e-6,
+                           logits_measured=2.0 + 5e-6),  # fmt: skip
+        "within_tol_first": dict(token=0, measured=5e-6, block_identity_err=5e-6),
+        "first_clean": dict(token=0, measured=0.0),
+    }
+    rows = [{**clean, **kw} for kw in planted.values()]
+    expect = [("block" if key == "block_identity" else key) for key in planted]
+    return pd.DataFrame(rows), expect
+
+
+def test_violations_flag_exactly_the_planted_row_of_each_column():
+    bounds, expect = _planted_bounds_frame()
+    viol = theory.violations(bounds)
+    assert list(viol.columns) == ["B1", "B2", "B3", "D1", "first", "block", "logits"]
+    assert viol.dtypes.eq(bool).all()
+    for col in viol.columns:
+        want = [e == col for e in expect]
+        assert viol[col].tolist() == want, (col, viol[col].tolist())
+    # the tolerance scales with the scale columns: ten times the scale absorbs a 1e-4 excess
+    scaled = bounds.assign(measured=bounds["B1"] + 1e-4, attn_scale=10.0).iloc[[0]]
+    assert not theory.violations(scaled)["B1"].any()
+    assert theory.violations(scaled.assign(attn_scale=1.0))["B1"].all()
+
+
+def test_propagation_violations_flag_exactly_the_planted_row():
+    import pandas as pd
+
+    prop = pd.DataFrame({
+        "E":       [1.0, 1.0,          2.001, 2.0 + 5e-6, 2.0005, 0.0],
+        "E_bound": [float("nan"), 2.0, 2.0,   2.0,        2.0, 0.0],
+        "E_scale": [1.0, 1.0,          1.0,   1.0,        100.0, 0.0],
+    })  # fmt: skip
+    got = theory.propagation_violations(prop)
+    assert got.tolist() == [False, False, True, False, False, False]
+    assert theory.propagation_violations(prop.assign(E_scale=1.0)).tolist() == [False, False, True, False, True, False]
+
+
+def test_summary_counts_the_planted_violations():
+    import pandas as pd
+
+    bounds, expect = _planted_bounds_frame()
+    bounds = bounds.assign(**{f"tight_{k}": np.nan for k in ("B1", "B2", "B3", "block", "logits")})
+    prop = pd.DataFrame({"layer": 0, "sequence": 0, "block": [0, 1], "E": [1.0, 2.001], "rho": [np.nan, 2.001], "gain": [1.0, 2.001],
+                         "E_bound": [np.nan, 2.0], "rho_bound": [np.nan, 2.0], "gain_bound": [1.0, 2.0], "E_scale": 1.0})  # fmt: skip
+    s = theory.summarize(theory.TheoryTables(bounds, prop)).iloc[0]
+    for col in ("B1", "B2", "B3", "D1", "first", "logits"):
+        assert s[f"viol_{col}"] == 1, col
+    assert s["viol_block"] == 2 and s["viol_step"] == 1 and s["n_tokens"] == len(expect)
+
+
+def test_block_factor_and_logits_bound_match_the_doc_formulas(ref):
+    """D3 and the logits bound from the table's own columns and weights read here:
+    factor = 1 + ||W_out||_2 c_act ||W_in||_2 ||gamma2||_inf / s_min (sequential; 1 for parallel),
+    block_bound = factor * measured, logits_bound = ||W_U||_2 ||gamma_f||_inf / s_min_final * final_measured,
+    with spectral norms from torch.linalg.matrix_norm, c_act from the doc's table, and the s_min and
+    difference columns against the two runs' caches."""
+    arch, model, _, tokens = ref
+    n = int(model.cfg.n_layers)
+    tables = theory.theory_tables(model, tokens)
+    f = theory.final_weights(model)
+    logits_lip = float(torch.linalg.matrix_norm(f.W_U, ord=2)) * float(f.gamma_f.abs().max())
+    sequential = {k for k in range(n) if not theory.block_weights(model, k).parallel}
+    normal = _cache(model, tokens, {sites.resid_post(n - 1)} | {sites.resid_mid(k) for k in sequential})
+    for layer in range(n):
+        b = tables.bounds[tables.bounds["layer"] == layer]
+        w = theory.block_weights(model, layer)
+        bypassed = _cache(model, tokens, {sites.resid_post(n - 1)} | ({sites.resid_mid(layer)} if layer in sequential else set()), [AttentionBypass(layer)])
+        if w.parallel:
+            np.testing.assert_allclose(b["block_factor"], 1.0)
+            np.testing.assert_allclose(b["block_bound"], b["measured"], rtol=1e-12)
+        else:
+            lip = (float(torch.linalg.matrix_norm(w.W_out, ord=2)) * C_ACT_DOC[w.act]
+                   * float(torch.linalg.matrix_norm(w.W_in, ord=2)) * float(w.gamma2.abs().max()))  # fmt: skip
+            r, r_b = normal[sites.resid_mid(layer)], bypassed[sites.resid_mid(layer)]
+            np.testing.assert_allclose(b["s_min_ln2"], theory.segment_min_scale(r, r_b, w.eps2).numpy().ravel(), rtol=1e-6)
+            np.testing.assert_allclose(b["block_factor"], 1.0 + lip / b["s_min_ln2"], rtol=1e-6)
+            np.testing.assert_allclose(b["block_bound"], b["block_factor"] * b["measured"], rtol=1e-12, atol=1e-300)
+        h, h_b = normal[sites.resid_post(n - 1)], bypassed[sites.resid_post(n - 1)]
+        np.testing.assert_allclose(b["final_measured"], torch.linalg.vector_norm(h - h_b, dim=-1).numpy().ravel(), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(b["s_min_final"], theory.segment_min_scale(h, h_b, f.eps_f).numpy().ravel(), rtol=1e-6)
+        np.testing.assert_allclose(b["logits_bound"], logits_lip / b["s_min_final"] * b["final_measured"], rtol=1e-9, atol=1e-300)
+    assert arch == "neox" or (tables.bounds["block_factor"] > 1).all()
+    assert (tables.bounds["logits_bound"] > 0).any()
+
+
+def test_propagation_ratios_and_summary_match_a_pandas_recomputation(ref):
+    """rho, gain, rho_bound, gain_bound recomputed with pandas per (layer, sequence), E against the
+    caches, E_bound against the per-token step bound, and the summary's medians and counts."""
+    import pandas as pd
+
+    _, model, _, tokens = ref
+    n = int(model.cfg.n_layers)
+    tables = theory.theory_tables(model, tokens)
+    p = tables.propagation.sort_values(["layer", "sequence", "block"]).reset_index(drop=True)
+    g = p.groupby(["layer", "sequence"])["E"]
+    prev = g.shift(1)
+    np.testing.assert_allclose(p["rho"], p["E"] / prev, rtol=1e-12)
+    np.testing.assert_allclose(p["gain"], p["E"] / g.transform("first"), rtol=1e-12)
+    np.testing.assert_allclose(p["rho_bound"], p["E_bound"] / prev, rtol=1e-12)
+    assert p.loc[p["block"] == p["layer"], ["rho", "E_bound", "rho_bound"]].isna().all().all()
+    cum = p.assign(r=p["rho_bound"].fillna(1.0)).groupby(["layer", "sequence"])["r"].cumprod()
+    np.testing.assert_allclose(p["gain_bound"], cum, rtol=1e-12)
+    # E and E_bound from the caches, per sequence (Frobenius norm over positions and d_model)
+    names = {sites.resid_post(k) for k in range(n)} | {sites.ln1_out(k) for k in range(n)} | {sites.pattern(k) for k in range(n)}
+    names |= {sites.resid_mid(k) for k in range(n)} if any(not theory.block_weights(model, k).parallel for k in range(n)) else set()
+    normal = _cache(model, tokens, names)
+    for layer in range(n):
+        bypassed = _cache(model, tokens, names, [AttentionBypass(layer)])
+        for k in range(layer, n):
+            rows = p[(p["layer"] == layer) & (p["block"] == k)].sort_values("sequence")
+            E = torch.linalg.matrix_norm(normal[sites.resid_post(k)] - bypassed[sites.resid_post(k)], ord="fro")
+            np.testing.assert_allclose(rows["E"], E.numpy(), rtol=1e-6, atol=1e-9)
+            if k > layer:
+                w = theory.block_weights(model, k)
+                step = theory.block_step_bound(w, theory.mlp_lipschitz(w), normal, bypassed, k)
+                np.testing.assert_allclose(rows["E_bound"], step.norm(dim=-1).numpy(), rtol=1e-6)
+    # the summary
+    s = theory.summarize(tables).set_index("layer")
+    later = p[p["block"] > p["layer"]].groupby("layer")
+    last = p[p["block"] == n - 1].groupby("layer")
+    want = pd.DataFrame({
+        "rho_median": later["rho"].median(),
+        "rho_bound_median": later["rho_bound"].median(),
+        "gain_final_median": last["gain"].median(),
+        "gain_bound_final_median": last["gain_bound"].median(),
+    }).reindex(s.index)  # fmt: skip
+    for col in want.columns:
+        np.testing.assert_allclose(s[col], want[col], rtol=1e-12, err_msg=col)
+    assert (s.loc[s.index < n - 1, "gain_final_median"] != 1.0).all()
+    b = tables.bounds
+    np.testing.assert_array_equal(s["n_tokens"], b.groupby("layer").size().reindex(s.index))
+    for col in ("B1", "B2", "B3", "block", "logits"):
+        np.testing.assert_allclose(s[f"tight_{col}_median"], b.groupby("layer")[f"tight_{col}"].median().reindex(s.index), rtol=1e-12)
+        np.testing.assert_allclose(s[f"tight_{col}_max"], b.groupby("layer")[f"tight_{col}"].max().reindex(s.index), rtol=1e-12)
+    assert (s["viol_step"] == 0).all()
+
+
+# ---------------------------------------------------------------------------------------------
 # Shipped organisms and the command line
 # ---------------------------------------------------------------------------------------------
 
