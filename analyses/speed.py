@@ -46,7 +46,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the HF reference bypass lives with the reference tests
-sys.path.insert(0, str(ROOT / "analyses"))
 
 SHAPE = dict(n_layers=6, d_model=512, n_heads=8, d_mlp=2048, vocab_size=50304, n_ctx=2048)
 

@@ -16,16 +16,21 @@ from pathlib import Path
 import pandas as pd
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it; set back at once
     os.umask(mask)
     return mask
 
 
+# read once at import: os.umask sets the process-wide mask, so calling it per write could hand
+# another thread's new file mode 0666 for an instant
+_UMASK = _read_umask()
+
+
 def publish(tmp: str | Path, path: Path) -> None:
     """Move a finished temporary file to ``path`` with the permissions a plain ``open`` would
-    give (``mkstemp`` creates files readable by their owner only)."""
-    os.chmod(tmp, 0o666 & ~_umask())
+    give under the umask at import (``mkstemp`` creates files readable by their owner only)."""
+    os.chmod(tmp, 0o666 & ~_UMASK)
     os.replace(tmp, path)
 
 

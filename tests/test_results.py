@@ -9,10 +9,12 @@ import pytest
 from interp import results
 
 
-def test_written_files_get_the_permissions_of_a_plain_open(tmp_path):
-    """A result file is as readable as one made by ``open`` under the current umask, not owner-only
-    like the temporary file it was written to."""
-    old = os.umask(0o022)
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_written_files_get_the_permissions_of_a_plain_open(tmp_path, monkeypatch, mask, mode):
+    """A result file is as readable as one made by ``open`` under the umask (read at import; here
+    set for the test), not owner-only like the temporary file it was written to."""
+    monkeypatch.setattr(results, "_UMASK", mask)
+    old = os.umask(mask)
     try:
         paths = [results.write_csv(pd.DataFrame({"a": [1]}), tmp_path / "t.csv"),
                  results.write_parquet(pd.DataFrame({"a": [1]}), tmp_path / "t.parquet"),
@@ -21,8 +23,16 @@ def test_written_files_get_the_permissions_of_a_plain_open(tmp_path):
     finally:
         os.umask(old)
     want = stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
-    assert want == 0o644
+    assert want == mode
     assert [stat.S_IMODE(p.stat().st_mode) for p in paths] == [want] * 3
+
+
+def test_the_umask_is_read_without_changing_it():
+    before = os.umask(0o027)
+    try:
+        assert results._read_umask() == 0o027 and os.umask(0o027) == 0o027
+    finally:
+        os.umask(before)
 
 
 def test_a_failed_write_leaves_neither_the_file_nor_a_temporary(tmp_path):
