@@ -22,6 +22,7 @@ identical per-sequence EM and TA and CE within 1e-4 relative.
     python analyses/speed.py --n-seq 64      # quick look
     python analyses/speed.py --heads-only    # the per-head sweep alone (all 48 heads)
     python analyses/speed.py --organism neox # trained weights: the shipped organism's canaries
+    python analyses/speed.py --device cuda   # on a GPU (also reports each approach's peak device memory)
 
 ``--organism ARCH`` swaps the workload for one with trained weights: the shipped organism (d_model
 192, 6 blocks, vocabulary 4096) and its trained canaries (duplication levels 1-64, 48 tokens,
@@ -87,23 +88,23 @@ def model_shape(folder: Path) -> dict:
             "d_model": config["hidden_size"], "vocab_size": config["vocab_size"]}  # fmt: skip
 
 
-def worker_ours(folder: Path, rows: np.ndarray, prefix_len: int, batch_size: int, heads: bool) -> pd.DataFrame:
+def worker_ours(folder: Path, rows: np.ndarray, prefix_len: int, batch_size: int, heads: bool, device: str = "cpu") -> pd.DataFrame:
     from interp.localize import head_bypass_sweep
     from interp.memorization import sweep
     from interp.models import load_model
 
-    model = load_model(folder)
+    model = load_model(folder, device=device)
     if heads:  # the per-head sweep: all heads of a layer share one teacher-forced pass
         return head_bypass_sweep(model, rows, prefix_len, batch_size=batch_size)
     return sweep(model, rows, prefix_len, batch_size=batch_size, progress=False)
 
 
 @torch.no_grad()
-def worker_reference(folder: Path, rows: np.ndarray, prefix_len: int, batch_size: int) -> pd.DataFrame:
+def worker_reference(folder: Path, rows: np.ndarray, prefix_len: int, batch_size: int, device: str = "cpu") -> pd.DataFrame:
     from interp import metrics
     from reference import HFBypass, load_hf
 
-    hf = load_hf(folder)
+    hf = load_hf(folder).to(device)
     hf.generation_config.eos_token_id = None  # never stop early (defect 4 of the public code)
     tokens = torch.as_tensor(rows)
     T = tokens.shape[1] - prefix_len
@@ -112,15 +113,15 @@ def worker_reference(folder: Path, rows: np.ndarray, prefix_len: int, batch_size
         em, ta, ce = [], [], []
         with HFBypass(hf, layers):
             for start in range(0, len(tokens), batch_size):
-                batch = tokens[start : start + batch_size]
+                batch = tokens[start : start + batch_size].to(device)
                 gen = hf.generate(
                     batch[:, :prefix_len], attention_mask=torch.ones_like(batch[:, :prefix_len]),
                     max_new_tokens=T, min_new_tokens=T, do_sample=False, num_beams=1, pad_token_id=0,
                 )[:, prefix_len:]  # fmt: skip
                 logits = hf(batch[:, :-1]).logits[:, prefix_len - 1 :]
-                em.append(metrics.exact_match(gen, batch[:, prefix_len:]).float())
-                ta.append(metrics.token_accuracy(gen, batch[:, prefix_len:]))
-                ce.append(metrics.completion_entropy(logits))
+                em.append(metrics.exact_match(gen, batch[:, prefix_len:]).float().cpu())
+                ta.append(metrics.token_accuracy(gen, batch[:, prefix_len:]).cpu())
+                ce.append(metrics.completion_entropy(logits).cpu())
         frames.append(pd.DataFrame({"config": config, "sequence": np.arange(len(tokens)),
                                     "exact_match": torch.cat(em).numpy(), "token_accuracy": torch.cat(ta).numpy(),
                                     "completion_entropy": torch.cat(ce).numpy()}))  # fmt: skip
@@ -153,21 +154,27 @@ def arithmetic_bound(shape: dict, prefix_len: int, seq_len: int) -> dict:
 
 def run_worker(args) -> None:
     rows = np.load(args.rows)
+    cuda = torch.device(args.device).type == "cuda"
     start = time.perf_counter()
     if args.worker == "reference":
-        df = worker_reference(Path(args.model), rows, args.prefix_len, args.batch_size)
+        df = worker_reference(Path(args.model), rows, args.prefix_len, args.batch_size, args.device)
     else:
-        df = worker_ours(Path(args.model), rows, args.prefix_len, args.batch_size, heads=args.worker == "heads")
+        df = worker_ours(Path(args.model), rows, args.prefix_len, args.batch_size, args.worker == "heads", args.device)
+    if cuda:
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     df.to_parquet(args.result)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    Path(args.result).with_suffix(".json").write_text(json.dumps({"seconds": seconds, "peak_rss_mb": peak_mb}))
+    timing = {"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if cuda:  # on a GPU the memory that matters is the device's
+        timing["peak_device_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    Path(args.result).with_suffix(".json").write_text(json.dumps(timing))
 
 
 def spawn(kind: str, folder: Path, rows_path: Path, out: Path, args) -> tuple[pd.DataFrame, dict]:
     result = out / f"{kind}.parquet"
     cmd = [sys.executable, __file__, "--worker", kind, "--model", str(folder), "--rows", str(rows_path),
-           "--result", str(result), "--prefix-len", str(args.prefix_len), "--batch-size", str(args.batch_size)]  # fmt: skip
+           "--result", str(result), "--prefix-len", str(args.prefix_len), "--batch-size", str(args.batch_size),
+           "--device", args.device]  # fmt: skip
     subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return pd.read_parquet(result), json.loads(result.with_suffix(".json").read_text())
 
@@ -198,12 +205,19 @@ def main() -> int:
                    help="time only the per-head sweep (reuses the model and rows of an earlier run in --out)")
     p.add_argument("--organism", choices=["neox", "neo"],
                    help="trained weights instead: the shipped organism ARCH and its canaries (ignores --seq-len/--prefix-len)")
+    p.add_argument("--device", default="cpu", help="torch device for both approaches, e.g. cuda (default cpu)")
     p.add_argument("--out", default=None, help="working folder (default results/speed, or results/speed-organism-ARCH)")
     p.add_argument("--worker", choices=["reference", "ours", "heads"], help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--rows", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args()
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as err:
+        p.error(f"--device: {err}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: this torch build sees no CUDA device")
     if args.worker:
         run_worker(args)
         return 0
@@ -231,6 +245,9 @@ def main() -> int:
         "reference_seconds": round(t_ref["seconds"], 1), "ours_seconds": round(t_ours["seconds"], 1),
         "speedup": round(t_ref["seconds"] / t_ours["seconds"], 2),
         "reference_peak_rss_mb": round(t_ref["peak_rss_mb"]), "ours_peak_rss_mb": round(t_ours["peak_rss_mb"]),
+        **({"reference_peak_device_mb": round(t_ref["peak_device_mb"]), "ours_peak_device_mb": round(t_ours["peak_device_mb"])}
+           if "peak_device_mb" in t_ref else {}),
+        "device": args.device,
         "identical_metrics": not problems, "torch_threads": torch.get_num_threads(),
         # greedy decoding reproduces a row iff every teacher-forced argmax is right, so the rows
         # our sweep had to decode are exactly those with EM 0

@@ -1,6 +1,8 @@
 """The operation count that analyses/speed.py prints (``arithmetic_bound``), against PyTorch's own
 count of the matrix multiplications of a real GPT-NeoX forward pass and decode step."""
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -9,7 +11,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "analyses"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "analyses"))
 
 import speed  # noqa: E402
 
@@ -74,3 +77,19 @@ def test_organism_workload_tiles_the_trained_canaries(tmp_path, arch):
     assert prefix_len == json.loads((folder / "canaries.json").read_text())["prefix_len"]
     cfg = load_model(folder).cfg
     assert speed.model_shape(folder) == {"n_layers": cfg.n_layers, "d_model": cfg.d_model, "vocab_size": cfg.d_vocab}
+
+
+@pytest.mark.parametrize(
+    "device, message",
+    [("bogus", "--device: Expected one of"), pytest.param("cuda", "sees no CUDA device", marks=pytest.mark.skipif(
+        torch.cuda.is_available(), reason="a CUDA device is present"))],
+)  # fmt: skip
+def test_bad_device_is_refused_before_any_work(tmp_path, device, message):
+    """``--device`` names a device this torch can use, or the script stops with exit 2 and says
+    why, before it builds a model or a row file."""
+    out = tmp_path / "speed"
+    result = subprocess.run([sys.executable, str(ROOT / "analyses" / "speed.py"), "--device", device, "--out", str(out)],
+                            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not out.exists()
