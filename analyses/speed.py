@@ -152,6 +152,41 @@ def arithmetic_bound(shape: dict, prefix_len: int, seq_len: int) -> dict:
             "arithmetic_speedup_bound": ref_sweep / ours, "arithmetic_speedup_bound_with_reuse": ref_sweep / (ours - reuse)}  # fmt: skip
 
 
+def matmul_gflops(shape: dict, rows: int = 448, seconds: float = 2.0) -> dict:
+    """Rates (GFLOP/s) of a bare float32 matrix multiply of the model's two largest shapes (the
+    unembedding and the MLP's first matrix) on ``rows`` rows, each repeated for ``seconds`` (at
+    least 5 times), with this process's torch threads: the best single multiply of either shape
+    ("best", a ceiling that errs high) and the better of the two shapes' median rates
+    ("median", what a sustained stream of such multiplies gets)."""
+    d, V = shape["d_model"], shape["vocab_size"]
+    best, medians = 0.0, []
+    for n_out in (V, 4 * d):
+        a, b = torch.randn(rows, d), torch.randn(d, n_out)
+        a @ b  # warm-up
+        stop, rates = time.perf_counter() + seconds, []
+        while len(rates) < 5 or time.perf_counter() < stop:
+            t = time.perf_counter()
+            a @ b
+            rates.append(2 * rows * d * n_out / (time.perf_counter() - t) / 1e9)
+        best, medians = max(best, max(rates)), medians + [float(np.median(rates))]
+    return {"best": best, "median": max(medians)}
+
+
+def speedup_ceiling(bound: dict, n_seq: int, reference_seconds: float, matmul: dict) -> dict:
+    """How far efficiency per operation could lift the arithmetic bound. The reference's achieved
+    rate is its counted operations over its wall time. If every one of our operations ran at a
+    bare multiply's rate (``matmul``, see ``matmul_gflops``), and the baseline's activations below
+    the bypassed block were reused, the ratio would be the bound with reuse times that rate over
+    the reference's. No real implementation gets there: attention, norms and the argmax over the
+    vocabulary run far below a matrix multiply's rate."""
+    reference_gflops = 2 * bound["reference_gmac_per_row"] * n_seq / reference_seconds
+    with_reuse = bound["arithmetic_speedup_bound_with_reuse"]
+    return {"reference_gflops": reference_gflops, "matmul_gflops_median": matmul["median"],
+            "matmul_gflops_best": matmul["best"],
+            "speedup_ceiling_at_median_matmul": with_reuse * matmul["median"] / reference_gflops,
+            "speedup_ceiling_at_best_matmul": with_reuse * matmul["best"] / reference_gflops}  # fmt: skip
+
+
 def run_worker(args) -> None:
     rows = np.load(args.rows)
     cuda = torch.device(args.device).type == "cuda"
@@ -237,6 +272,8 @@ def main() -> int:
         for k, v in summary.items():
             print(f"{k:>30}: {v}")
         return 0
+    bound = arithmetic_bound(model_shape(folder), args.prefix_len, args.seq_len)
+    matmul = matmul_gflops(model_shape(folder)) if args.device == "cpu" else None
     ours, t_ours = spawn("ours", folder, rows_path, out, args)
     ref, t_ref = spawn("reference", folder, rows_path, out, args)
     problems = compare(ours, ref)
@@ -252,8 +289,11 @@ def main() -> int:
         # greedy decoding reproduces a row iff every teacher-forced argmax is right, so the rows
         # our sweep had to decode are exactly those with EM 0
         "bypassed_rows_decoded": round(1 - float(ours[ours.config != "baseline"].exact_match.mean()), 3),
-        **{k: round(v, 2) for k, v in arithmetic_bound(model_shape(folder), args.prefix_len, args.seq_len).items()},
+        **{k: round(v, 2) for k, v in bound.items()},
     }  # fmt: skip
+    if args.device == "cpu":  # on a CPU each step's cost is its arithmetic; see speedup_ceiling
+        ceiling = speedup_ceiling(bound, args.n_seq, t_ref["seconds"], matmul)
+        summary.update({k: round(v, 2) for k, v in ceiling.items()})
     if args.organism:
         summary = {"workload": f"organism:{args.organism} canaries", **summary}
     if args.heads:

@@ -93,3 +93,18 @@ def test_bad_device_is_refused_before_any_work(tmp_path, device, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert not out.exists()
+
+
+def test_speedup_ceiling_by_hand():
+    """The reference's rate is its counted operations (2 flops per multiply-accumulate) over its
+    wall time; the ceiling scales the bound with reuse by the bare-matmul rate over that rate."""
+    bound = {"reference_gmac_per_row": 10.0, "arithmetic_speedup_bound_with_reuse": 2.0}
+    got = speed.speedup_ceiling(bound, n_seq=100, reference_seconds=20.0, matmul={"median": 150.0, "best": 300.0})
+    assert got["reference_gflops"] == pytest.approx(100.0)  # 2 * 10 G * 100 rows / 20 s
+    assert got["speedup_ceiling_at_median_matmul"] == pytest.approx(3.0)
+    assert got["speedup_ceiling_at_best_matmul"] == pytest.approx(6.0)
+
+
+def test_matmul_rate_is_measured_on_both_shapes():
+    got = speed.matmul_gflops({"d_model": 64, "vocab_size": 500}, rows=32, seconds=0.01)
+    assert 0 < got["median"] <= got["best"]
