@@ -88,7 +88,8 @@ def model_shape(folder: Path) -> dict:
             "d_model": config["hidden_size"], "vocab_size": config["vocab_size"]}  # fmt: skip
 
 
-def worker_ours(folder: Path, rows: np.ndarray, prefix_len: int, batch_size: int, heads: bool, device: str = "cpu") -> pd.DataFrame:
+def worker_ours(folder: Path, rows: np.ndarray, prefix_len: int, batch_size: int, heads: bool, device: str = "cpu",
+                decode_rows: int | None = None) -> pd.DataFrame:  # fmt: skip
     from interp.localize import head_bypass_sweep
     from interp.memorization import sweep
     from interp.models import load_model
@@ -96,7 +97,7 @@ def worker_ours(folder: Path, rows: np.ndarray, prefix_len: int, batch_size: int
     model = load_model(folder, device=device)
     if heads:  # the per-head sweep: all heads of a layer share one teacher-forced pass
         return head_bypass_sweep(model, rows, prefix_len, batch_size=batch_size)
-    return sweep(model, rows, prefix_len, batch_size=batch_size, progress=False)
+    return sweep(model, rows, prefix_len, batch_size=batch_size, progress=False, decode_rows=decode_rows)
 
 
 @torch.no_grad()
@@ -194,7 +195,8 @@ def run_worker(args) -> None:
     if args.worker == "reference":
         df = worker_reference(Path(args.model), rows, args.prefix_len, args.batch_size, args.device)
     else:
-        df = worker_ours(Path(args.model), rows, args.prefix_len, args.batch_size, args.worker == "heads", args.device)
+        df = worker_ours(Path(args.model), rows, args.prefix_len, args.batch_size, args.worker == "heads", args.device,
+                         args.decode_rows)  # fmt: skip
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -209,7 +211,7 @@ def spawn(kind: str, folder: Path, rows_path: Path, out: Path, args) -> tuple[pd
     result = out / f"{kind}.parquet"
     cmd = [sys.executable, __file__, "--worker", kind, "--model", str(folder), "--rows", str(rows_path),
            "--result", str(result), "--prefix-len", str(args.prefix_len), "--batch-size", str(args.batch_size),
-           "--device", args.device]  # fmt: skip
+           "--device", args.device, *(["--decode-rows", str(args.decode_rows)] if args.decode_rows else [])]  # fmt: skip
     subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return pd.read_parquet(result), json.loads(result.with_suffix(".json").read_text())
 
@@ -240,6 +242,8 @@ def main() -> int:
                    help="time only the per-head sweep (reuses the model and rows of an earlier run in --out)")
     p.add_argument("--organism", choices=["neox", "neo"],
                    help="trained weights instead: the shipped organism ARCH and its canaries (ignores --seq-len/--prefix-len)")
+    p.add_argument("--decode-rows", type=int, default=None,
+                   help="cap on the rows of one joint decode in our sweep (default: none; see interp.memorization.evaluate_many)")
     p.add_argument("--device", default="cpu", help="torch device for both approaches, e.g. cuda (default cpu)")
     p.add_argument("--out", default=None, help="working folder (default results/speed, or results/speed-organism-ARCH)")
     p.add_argument("--worker", choices=["reference", "ours", "heads"], help=argparse.SUPPRESS)
@@ -284,7 +288,7 @@ def main() -> int:
         "reference_peak_rss_mb": round(t_ref["peak_rss_mb"]), "ours_peak_rss_mb": round(t_ours["peak_rss_mb"]),
         **({"reference_peak_device_mb": round(t_ref["peak_device_mb"]), "ours_peak_device_mb": round(t_ours["peak_device_mb"])}
            if "peak_device_mb" in t_ref else {}),
-        "device": args.device,
+        "device": args.device, "decode_rows": args.decode_rows,
         "identical_metrics": not problems, "torch_threads": torch.get_num_threads(),
         # greedy decoding reproduces a row iff every teacher-forced argmax is right, so the rows
         # our sweep had to decode are exactly those with EM 0

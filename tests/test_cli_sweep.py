@@ -205,3 +205,15 @@ def test_killed_sweep_resumes_without_losing_or_duplicating_rows(tmp_path, tiny_
     assert main(_sweep_args(tiny_dir, data_file, tmp_path / "fresh", "--chunk-rows", "2")) == 0
     pd.testing.assert_frame_equal(resumed, pd.read_parquet(tmp_path / "fresh" / "sequences.parquet"))
     assert not resumed.duplicated(["config", "sequence"]).any()
+
+
+def test_decode_rows_flag(tmp_path, tiny_dir, data_file, capsys):
+    """``--decode-rows`` below ``--batch-size`` is one sentence on stderr and exit 2; a valid cap
+    gives the same per-sequence numbers as the default run."""
+    assert main(_sweep_args(tiny_dir, data_file, tmp_path / "bad", "--batch-size", "4", "--decode-rows", "3")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--decode-rows" in err and "Traceback" not in err
+    assert main(_sweep_args(tiny_dir, data_file, tmp_path / "a", "--batch-size", "4")) == 0
+    assert main(_sweep_args(tiny_dir, data_file, tmp_path / "b", "--batch-size", "4", "--decode-rows", "4")) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a" / "sequences.parquet"),
+                                  pd.read_parquet(tmp_path / "b" / "sequences.parquet"))  # fmt: skip

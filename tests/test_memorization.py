@@ -125,6 +125,31 @@ def test_evaluate_many_equals_evaluate_per_config(bridge, memorized_rows):
         assert (many[name].exact_match == one.exact_match).all() and (many[name].token_accuracy == one.token_accuracy).all()
 
 
+@pytest.mark.parametrize("decode_rows", [4, 9])
+def test_decode_rows_caps_each_joint_decode_without_changing_numbers(bridge, memorized_rows, monkeypatch, decode_rows):
+    """``decode_rows`` splits a batch's joint decode so that none holds more rows than the cap
+    (each config's open rows stay in one decode), and the numbers equal the uncapped run's."""
+    import interp.memorization as mem
+
+    configs = block_configs(bridge)
+    uncapped = mem.evaluate_many(bridge, memorized_rows, P, configs, batch_size=4)
+    sizes, real = [], mem.forced_greedy
+    monkeypatch.setattr(mem, "forced_greedy", lambda model, prefix, *a, **k: sizes.append(len(prefix)) or real(model, prefix, *a, **k))
+    capped = mem.evaluate_many(bridge, memorized_rows, P, configs, batch_size=4, decode_rows=decode_rows)
+    assert sizes and max(sizes) <= decode_rows
+    assert len(sizes) > 3  # 3 batches: the cap split at least one of them
+    for name in configs:
+        pd.testing.assert_frame_equal(capped[name], uncapped[name], obj=name)
+
+
+def test_decode_rows_below_batch_size_is_refused(bridge, memorized_rows):
+    from interp.errors import InputError
+    from interp.memorization import evaluate_many
+
+    with pytest.raises(InputError, match="at least batch_size"):
+        evaluate_many(bridge, memorized_rows, P, block_configs(bridge), batch_size=4, decode_rows=3)
+
+
 def test_evaluate_many_concatenates_the_caches(bridge, memorized_rows, monkeypatch):
     """The joint decode resumes from the teacher-forced caches (not from a recomputed prefix)."""
     import interp.memorization as mem

@@ -33,6 +33,9 @@ def register(sub) -> None:
     p.add_argument("--blocks", help="comma-separated blocks to bypass (default: every block)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--chunk-rows", type=int, default=256, help="rows per saved part (resume granularity)")
+    p.add_argument("--decode-rows", type=int, default=None,
+                   help="at most this many rows in one joint decode (at least --batch-size); bounds the KV caches held "
+                        "at once, at some cost in speed (default: every config's open rows of a batch together)")
     p.add_argument("--shard", help="K/N: run only the K-th of N contiguous slices of the rows (0-based); join with 'interp merge'")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
@@ -58,6 +61,8 @@ def parse_shard(text: str | None, n_rows: int) -> tuple[int, int] | None:
 
 def run(args: argparse.Namespace) -> int:
     blocks = parse_int_list(args.blocks, "--blocks")
+    if args.decode_rows is not None and args.decode_rows < args.batch_size:
+        raise InputError(f"--decode-rows ({args.decode_rows}) must be at least --batch-size ({args.batch_size})")
     rows = load_rows(args.data) if str(args.data).endswith(".npy") else None  # fail before loading a model
     model = load_model(args.model, device=args.device)
     rows = rows if rows is not None else load_rows(args.data, tokenizer=model.tokenizer)
@@ -81,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     }
     parts = claim_output(out, config)
     df = sweep(model, rows[start:stop], args.prefix_len, configs=configs, batch_size=args.batch_size, checkpoint=parts,
-               chunk_rows=args.chunk_rows, progress=not args.no_progress)  # fmt: skip
+               chunk_rows=args.chunk_rows, progress=not args.no_progress, decode_rows=args.decode_rows)  # fmt: skip
     df = df.assign(sequence=df.sequence + start)
     results.write_parquet(df, out / "sequences.parquet")
     results.write_csv(summarize(df), out / "summary.csv")
