@@ -218,11 +218,14 @@ def evaluate_many(
     The KV caches held for a joint decode grow with its rows: up to ``len(configs) *
     batch_size`` rows, against ``batch_size`` for one configuration at a time. ``decode_rows``
     caps them: configurations are added to a joint decode while its open rows stay within
-    ``decode_rows``, and the next one starts a new decode. It must be at least ``batch_size``;
-    None (the default) decodes all configurations of a batch together. The numbers do not
-    depend on it."""
+    ``decode_rows``, and the next one starts a new decode. It must be at least ``batch_size``.
+    None (the default) takes as many rows as fit ``DECODE_CACHE_BUDGET`` bytes of KV cache
+    (``auto_decode_rows``; on a Pythia-70m-sized model that is every config of a batch of 64
+    together, on Pythia-1.4B about 80 rows). The numbers do not depend on it."""
     validate_for_model(rows, prefix_len, model)
-    if decode_rows is not None and decode_rows < batch_size:
+    if decode_rows is None:
+        decode_rows = auto_decode_rows(model, np.shape(rows)[1], batch_size)
+    elif decode_rows < batch_size:
         raise InputError(f"decode_rows ({decode_rows}) must be at least batch_size ({batch_size}); lower batch_size to go lower")
     tokens = torch.as_tensor(rows, dtype=torch.long)
     names = list(configs)
@@ -263,6 +266,19 @@ def evaluate_many(
         n: metrics_frame(torch.cat(gens[n]), {k: torch.cat(v) for k, v in tf_parts[n].items()}, suffix, n_samples)
         for n in names
     }
+
+
+DECODE_CACHE_BUDGET = 2 * 2**30  # bytes of KV cache one joint decode may hold by default
+
+
+def auto_decode_rows(model, row_len: int, batch_size: int, budget: int | None = None) -> int:
+    """The default cap on the rows of one joint decode: as many rows as fit ``budget`` bytes
+    (default ``DECODE_CACHE_BUDGET``) of keys and values (every block, ``row_len`` positions, the
+    model's dtype), and at least ``batch_size``."""
+    budget = DECODE_CACHE_BUDGET if budget is None else budget
+    cfg = model.cfg
+    bytes_per_row = 2 * cfg.n_layers * cfg.n_heads * cfg.d_head * row_len * torch.finfo(cfg.dtype).bits // 8
+    return max(batch_size, budget // bytes_per_row)
 
 
 def _joint_decode(model, batch: Tensor, prefix_len: int, configs, plans: dict, open_rows: list) -> None:
@@ -311,7 +327,7 @@ def sweep(
 ) -> pd.DataFrame:
     """Baseline plus each block bypassed (or explicit ``configs``): one row per config x sequence.
     ``decode_rows`` caps the rows of one joint decode, and with them its KV caches
-    (``evaluate_many``).
+    (``evaluate_many``; default: as many as fit ``DECODE_CACHE_BUDGET``).
 
     With ``checkpoint`` (a folder), each (config, chunk of ``chunk_rows`` rows) is saved as a
     parquet part (atomically) as soon as its chunk is done (all configs of a chunk finish

@@ -142,6 +142,27 @@ def test_decode_rows_caps_each_joint_decode_without_changing_numbers(bridge, mem
         pd.testing.assert_frame_equal(capped[name], uncapped[name], obj=name)
 
 
+def test_default_decode_cap_fits_the_cache_budget(bridge, memorized_rows, monkeypatch):
+    """By default a joint decode takes as many rows as fit DECODE_CACHE_BUDGET bytes of keys and
+    values (2 x blocks x heads x d_head x row length x 4 bytes per float32 row), never fewer than
+    a batch; the numbers equal the uncapped run's."""
+    import interp.memorization as mem
+
+    cfg = bridge.cfg
+    per_row = 2 * cfg.n_layers * cfg.n_heads * cfg.d_head * (P + T) * 4
+    assert mem.auto_decode_rows(bridge, P + T, 4, budget=7 * per_row + 1) == 7
+    assert mem.auto_decode_rows(bridge, P + T, 4, budget=per_row) == 4  # at least a batch
+    configs = block_configs(bridge)
+    uncapped = mem.evaluate_many(bridge, memorized_rows, P, configs, batch_size=4, decode_rows=10**6)
+    monkeypatch.setattr(mem, "DECODE_CACHE_BUDGET", 5 * per_row)
+    sizes, real = [], mem.forced_greedy
+    monkeypatch.setattr(mem, "forced_greedy", lambda model, prefix, *a, **k: sizes.append(len(prefix)) or real(model, prefix, *a, **k))
+    auto = mem.evaluate_many(bridge, memorized_rows, P, configs, batch_size=4)
+    assert sizes and max(sizes) <= 5 and len(sizes) > 3
+    for name in configs:
+        pd.testing.assert_frame_equal(auto[name], uncapped[name], obj=name)
+
+
 def test_decode_rows_below_batch_size_is_refused(bridge, memorized_rows):
     from interp.errors import InputError
     from interp.memorization import evaluate_many
