@@ -243,7 +243,7 @@ def main() -> int:
     p.add_argument("--organism", choices=["neox", "neo"],
                    help="trained weights instead: the shipped organism ARCH and its canaries (ignores --seq-len/--prefix-len)")
     p.add_argument("--decode-rows", type=int, default=None,
-                   help="cap on the rows of one joint decode in our sweep (default: none; see interp.memorization.evaluate_many)")
+                   help="cap on the rows of one joint decode in our sweep (default: the library's, 2 GiB of KV cache)")
     p.add_argument("--device", default="cpu", help="torch device for both approaches, e.g. cuda (default cpu)")
     p.add_argument("--out", default=None, help="working folder (default results/speed, or results/speed-organism-ARCH)")
     p.add_argument("--worker", choices=["reference", "ours", "heads"], help=argparse.SUPPRESS)

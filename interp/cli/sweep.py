@@ -35,7 +35,7 @@ def register(sub) -> None:
     p.add_argument("--chunk-rows", type=int, default=256, help="rows per saved part (resume granularity)")
     p.add_argument("--decode-rows", type=int, default=None,
                    help="at most this many rows in one joint decode (at least --batch-size); bounds the KV caches held "
-                        "at once, at some cost in speed (default: every config's open rows of a batch together)")
+                        "at once, at some cost in speed (default: as many as fit 2 GiB of keys and values)")
     p.add_argument("--shard", help="K/N: run only the K-th of N contiguous slices of the rows (0-based); join with 'interp merge'")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
