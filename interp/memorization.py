@@ -244,9 +244,6 @@ def evaluate_many(
             todo = plans[n][2]
             if todo.any():  # keep only the open rows' cache, up to where their decode resumes
                 idx = torch.arange(len(batch))[todo]
-                if decode_rows is not None and sum(len(i) for _, i, _ in open_rows) + len(idx) > decode_rows:
-                    _joint_decode(model, batch, prefix_len, configs, plans, open_rows)
-                    open_rows = []
                 keep = prefix_len + int(plans[n][1][idx].min()) - 1
                 for layer in getattr(cache, "layers", []):
                     if type(layer) is DynamicLayer:
@@ -254,6 +251,9 @@ def evaluate_many(
                     else:
                         cache = None  # concat_caches cannot merge it; the decode recomputes
                         break
+                if sum(len(i) for _, i, _ in open_rows) + len(idx) > decode_rows:  # full: decode what is held
+                    _joint_decode(model, batch, prefix_len, configs, plans, open_rows)
+                    open_rows = []
                 open_rows.append((n, idx, cache))
             del cache
         if open_rows:
