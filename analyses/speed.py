@@ -211,7 +211,7 @@ def spawn(kind: str, folder: Path, rows_path: Path, out: Path, args) -> tuple[pd
     result = out / f"{kind}.parquet"
     cmd = [sys.executable, __file__, "--worker", kind, "--model", str(folder), "--rows", str(rows_path),
            "--result", str(result), "--prefix-len", str(args.prefix_len), "--batch-size", str(args.batch_size),
-           "--device", args.device, *(["--decode-rows", str(args.decode_rows)] if args.decode_rows else [])]  # fmt: skip
+           "--device", args.device, *(["--decode-rows", str(args.decode_rows)] if args.decode_rows is not None else [])]  # fmt: skip
     subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return pd.read_parquet(result), json.loads(result.with_suffix(".json").read_text())
 
@@ -257,6 +257,8 @@ def main() -> int:
         p.error(f"--device: {err}")
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: this torch build sees no CUDA device")
+    if args.decode_rows is not None and args.decode_rows < args.batch_size:
+        p.error(f"--decode-rows ({args.decode_rows}) must be at least --batch-size ({args.batch_size})")
     if args.worker:
         run_worker(args)
         return 0

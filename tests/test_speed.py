@@ -80,15 +80,17 @@ def test_organism_workload_tiles_the_trained_canaries(tmp_path, arch):
 
 
 @pytest.mark.parametrize(
-    "device, message",
-    [("bogus", "--device: Expected one of"), pytest.param("cuda", "sees no CUDA device", marks=pytest.mark.skipif(
-        torch.cuda.is_available(), reason="a CUDA device is present"))],
+    "args, message",
+    [(["--device", "bogus"], "--device: Expected one of"),
+     pytest.param(["--device", "cuda"], "sees no CUDA device", marks=pytest.mark.skipif(
+         torch.cuda.is_available(), reason="a CUDA device is present")),
+     (["--decode-rows", "3"], "--decode-rows (3) must be at least --batch-size (64)")],
 )  # fmt: skip
-def test_bad_device_is_refused_before_any_work(tmp_path, device, message):
-    """``--device`` names a device this torch can use, or the script stops with exit 2 and says
-    why, before it builds a model or a row file."""
+def test_bad_option_is_refused_before_any_work(tmp_path, args, message):
+    """``--device`` names a device this torch can use and ``--decode-rows`` is at least the batch
+    size, or the script stops with exit 2 and says why, before it builds a model or a row file."""
     out = tmp_path / "speed"
-    result = subprocess.run([sys.executable, str(ROOT / "analyses" / "speed.py"), "--device", device, "--out", str(out)],
+    result = subprocess.run([sys.executable, str(ROOT / "analyses" / "speed.py"), *args, "--out", str(out)],
                             capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
     assert result.returncode == 2
     assert message in result.stderr
