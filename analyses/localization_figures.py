@@ -4,8 +4,10 @@ the Recall@k table against the injected ground truth.
 Reads only the files ``interp localize`` writes into each result folder (``config.json``,
 ``ranking.csv``, ``recall.csv`` and the method's raw table); never loads a model. Per folder:
 
-- ``block-bypass``: mean exact match / token accuracy per bypassed block, baseline dashed;
-- ``head-bypass``: layer x head heatmaps of mean exact match, token accuracy, completion entropy;
+- ``block-bypass``: mean exact match / token accuracy per bypassed block, baseline dashed; with
+  ``--score specificity``, beside it memorization lost against general ability lost per block;
+- ``head-bypass``: layer x head heatmaps of mean exact match, token accuracy, completion entropy
+  (and of the specificity score with ``--score specificity``);
 - ``patching``: per direction (rows), layer x position heatmaps of the normalized suffix
   log-probability for resid_pre, attn_out, mlp_out (the prefix/suffix boundary marked), and
   the layer x head heatmap of per-head (z) patching;
@@ -73,11 +75,37 @@ def _outline(ax, truth: str | None, layers: list, cols: list) -> None:
         ax.add_patch(Rectangle((cols.index(head) - 0.5, layers.index(layer) - 0.5), 1, 1, fill=False, ec="lime", lw=2))
 
 
+def _specificity(folder: Path) -> pd.DataFrame | None:
+    path = folder / "specificity.csv"
+    return pd.read_csv(path) if path.is_file() else None
+
+
+def draw_specificity(ax, spec: pd.DataFrame, truth: str | None) -> None:
+    """Memorization lost against general ability lost, one point per component (the paper's two
+    axes as fractions); the score m - g is the height above the diagonal."""
+    ax.scatter(spec.general_lost, spec.memorization_lost, c=np.arange(len(spec)), cmap="viridis", s=18, zorder=3)
+    for comp, x, y in zip(spec.component, spec.general_lost, spec.memorization_lost):
+        is_truth = comp == truth
+        ax.annotate(comp.replace("block:", ""), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points",
+                    color="green" if is_truth else "k", weight="bold" if is_truth else "normal")  # fmt: skip
+    lo = min(0.0, float(spec.general_lost.min()))
+    hi = max(1.0, float(spec.general_lost.max()))
+    ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--", label="score 0 (m = g)")
+    ax.set(xlabel="general ability lost g (held-out NLL)", ylabel="memorization lost m (exact match)",
+           title="specificity: score = m - g", ylim=(-0.05, 1.05))  # fmt: skip
+    ax.legend(fontsize=7, loc="lower right")
+
+
 def draw_block_bypass(folder: Path, cfg: dict) -> plt.Figure:
     df = pd.read_parquet(folder / "sequences.parquet")
     means = df.groupby("config", sort=False)[["exact_match", "token_accuracy"]].mean()
     base, blocks = means.loc["baseline"], means.drop(index="baseline")
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    spec = _specificity(folder)
+    if spec is not None:
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.4))
+        draw_specificity(ax2, spec, cfg.get("truth"))
+    else:
+        fig, ax = plt.subplots(figsize=(6, 3.2))
     x = np.arange(len(blocks))
     for i, (m, c) in enumerate([("exact_match", "tab:blue"), ("token_accuracy", "tab:orange")]):
         ax.bar(x + 0.4 * i - 0.2, blocks[m], width=0.4, color=c, label=m)
@@ -91,9 +119,14 @@ def draw_block_bypass(folder: Path, cfg: dict) -> plt.Figure:
 def draw_head_bypass(folder: Path, cfg: dict) -> plt.Figure:
     df = pd.read_parquet(folder / "heads.parquet")
     base, heads = df[df.config == "baseline"], df[df.config != "baseline"]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    spec = _specificity(folder)
+    fig, axes = plt.subplots(1, 3 if spec is None else 4, figsize=(12 if spec is None else 16, 3.4))
     for ax, (m, cmap) in zip(axes, [("exact_match", "viridis"), ("token_accuracy", "viridis"), ("completion_entropy", "magma")]):
         heatmap(ax, head_grid(heads, m), f"{m} (baseline {base[m].mean():.3g})", cmap=cmap, center=None, truth=cfg.get("truth"))
+    if spec is not None:
+        layer_head = spec.component.str.extract(r"L(\d+)H(\d+)").astype(int)
+        grid = spec.assign(layer=layer_head[0], head=layer_head[1])
+        heatmap(axes[3], head_grid(grid, "score"), "specificity m - g", truth=cfg.get("truth"))
     return fig
 
 

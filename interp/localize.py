@@ -11,7 +11,10 @@
   which also decodes near-tie rows in full); the open rows of all heads are decoded together,
   each row with its own head bypassed (``RowHeadBypass``). The result equals
   ``interp.memorization.evaluate`` per head (tested).
-- Rankings: a tidy table ``method, component, score, rank`` (rank 1 = most responsible).
+- Rankings: a tidy table ``method, component, score, rank`` (rank 1 = most responsible). A
+  bypass is ranked by necessity (the exact-match drop on the rows) or by specificity (the
+  memorization it removes minus the general ability it costs, the paper's two-axis reading made
+  one number; ``specificity`` and docs/specificity.md).
 - Ground truth, after Chang, Thomason and Jia, "Do Localization Methods Actually Localize
   Memorized Data in LLMs? A Tale of Two Benchmarks" (NAACL 2024): Recall@k of the injected
   component, and knockout of the top-k components measuring the drop in memorization on the
@@ -38,6 +41,7 @@ from tqdm.auto import tqdm
 
 from interp import metrics, sites
 from interp.data import validate_for_model
+from interp.errors import InputError
 from interp.generation import batches, greedy_generate, teacher_forced_logits
 from interp.interventions import AttentionBypass, Hook, Intervention, ZeroAblation, self_attention_hooks
 from interp.memorization import decode_plan, evaluate, metrics_frame
@@ -214,6 +218,55 @@ def rank_by_bypass(sweep_df: pd.DataFrame, baseline: pd.DataFrame, method: str) 
          "nll_increase": means["suffix_nll"].to_numpy() - baseline["suffix_nll"].mean()}
     )  # fmt: skip
     return rank(scores, method, tiebreak="nll_increase")
+
+
+SPECIFICITY_COLUMNS = ["component", "exact_match", "memorization_lost", "mean_token_nll", "general_lost", "score", "nll_increase"]
+
+
+def general_nll_by_component(
+    model, rows: np.ndarray, components: Sequence[str], *, batch_size: int = 32, progress: bool = False
+) -> pd.DataFrame:
+    """``mean_token_nll`` of ``rows`` with each component (``block:L`` / ``L{l}H{h}``) bypassed,
+    and of the unmodified model as component ``baseline``: columns ``component, mean_token_nll``."""
+    values = [("baseline", mean_token_nll(model, rows, batch_size=batch_size))]
+    for label in tqdm(list(components), desc="general NLL", disable=not progress, leave=False):
+        values.append((label, mean_token_nll(model, rows, knockout_interventions([label]), batch_size=batch_size)))
+    return pd.DataFrame(values, columns=["component", "mean_token_nll"])
+
+
+def specificity(sweep_df: pd.DataFrame, baseline: pd.DataFrame, general: pd.DataFrame, n_logits: int) -> pd.DataFrame:
+    """Per bypassed component, how much memorization its bypass removes beyond the general ability
+    it costs (docs/specificity.md): ``memorization_lost`` m = (EM_0 - EM_c) / EM_0 on the rows of
+    ``sweep_df`` / ``baseline`` (per-sequence metric tables, as for ``rank_by_bypass``);
+    ``general_lost`` g = (NLL_c - NLL_0) / (log n_logits - NLL_0) from ``general``
+    (``general_nll_by_component``), the fraction of the model's advantage over a uniform guess
+    that the bypass costs (not clipped); ``score`` = m - g; ``nll_increase`` is the rise of the
+    mean suffix NLL, the tie-break. Columns ``SPECIFICITY_COLUMNS``, one row per component."""
+    means = sweep_df.groupby("config", sort=False)[["exact_match", "suffix_nll"]].mean()
+    means = means.drop(index="baseline", errors="ignore")
+    em0 = float(baseline["exact_match"].mean())
+    if not em0 > 0:
+        raise InputError("the unmodified model reproduces none of the rows (exact match 0), so the memorization a bypass removes is undefined")
+    nll = general.set_index("component")["mean_token_nll"]
+    nll0, log_v = float(nll["baseline"]), math.log(n_logits)
+    if not nll0 < log_v:
+        raise InputError(f"the unmodified model's mean token NLL on the general rows ({nll0:.3g} nats) is not below a "
+                         f"uniform guess's (log {n_logits} = {log_v:.3g}), so the general ability a bypass costs is undefined")  # fmt: skip
+    missing = [c for c in means.index if c not in nll.index]
+    if missing:
+        raise ValueError(f"general NLL missing for components {missing}")
+    m = (em0 - means["exact_match"].to_numpy()) / em0
+    g = (nll.reindex(means.index).to_numpy(float) - nll0) / (log_v - nll0)
+    return pd.DataFrame(
+        {"component": means.index, "exact_match": means["exact_match"].to_numpy(), "memorization_lost": m,
+         "mean_token_nll": nll.reindex(means.index).to_numpy(float), "general_lost": g, "score": m - g,
+         "nll_increase": means["suffix_nll"].to_numpy() - baseline["suffix_nll"].mean()}
+    )[SPECIFICITY_COLUMNS]  # fmt: skip
+
+
+def rank_by_specificity(table: pd.DataFrame, method: str) -> pd.DataFrame:
+    """Rank a ``specificity`` table by its score (ties: larger rise in mean suffix NLL first)."""
+    return rank(table, method, tiebreak="nll_increase")
 
 
 def rank_by_effect(effects: pd.DataFrame, method: str, *, value: str = "normalized") -> pd.DataFrame:

@@ -17,6 +17,7 @@ from interp.generation import greedy_generate
 from interp.interventions import AttentionBypass
 from interp.memorization import evaluate
 from interp.models import load_model
+from interp.errors import InputError
 from interp.organism import DATA_DIR
 from interp.tiny import random_model, tiny_tokenizer
 from reference import HFBypass, hf_greedy, hf_logits, load_hf
@@ -269,6 +270,97 @@ def test_knockout_of_the_planted_head_breaks_its_rows(planted):
     assert len(calls) == 2 and calls[0] == [] and calls[1][0].label == "L1H2"
     curve = Lz.knockout_curve(model, ranking([PLANTED, "L0H0"]), [1, 2], PREFIX, target_rows=rows[:2], how="zero")
     assert sorted(curve.k.unique()) == [1, 2] and (curve.how == "zero").all()
+
+
+# ---------------------------------------------------------------- specificity
+
+
+def _hf_exact_match(folder, rows, layers=(), heads=None) -> float:
+    """Mean exact match of greedy decoding from the prefix, from the Hugging Face model."""
+    hf, tokens = load_hf(folder), torch.as_tensor(rows)
+    with HFBypass(hf, list(layers), heads):
+        gen = hf_greedy(hf, tokens[:, :PREFIX], SUFFIX)
+    return float((gen == tokens[:, PREFIX:]).all(1).double().mean())
+
+
+@pytest.mark.parametrize("method", ["block-bypass", "head-bypass"])
+def test_specificity_against_hf_reference(planted, run_cli, tmp_path, method):
+    """``specificity.csv`` and the ranking of ``--score specificity`` against m, g and m - g
+    recomputed from the Hugging Face model with the reference bypass (docs/specificity.md)."""
+    folder, model, rows, data = planted
+    rows = rows.copy()
+    rows[6:, PREFIX:] = np.random.default_rng(4).integers(1, 500, (2, SUFFIX))  # two unmemorized rows: EM_0 = 0.75
+    np.save(tmp_path / "rows.npy", rows)
+    general = own_continuations(model, 5, seed=7)
+    np.save(tmp_path / "general.npy", general)
+    out = tmp_path / "out"
+    assert run_cli(["localize", "--model", str(folder), "--data", str(tmp_path / "rows.npy"), "--prefix-len", str(PREFIX),
+                    "--method", method, "--out", str(out), "--score", "specificity", "--general-data",
+                    str(tmp_path / "general.npy"), "--truth", PLANTED, "--no-progress"]) == 0  # fmt: skip
+    table = pd.read_csv(out / "specificity.csv").set_index("component")
+    em0, nll0 = _hf_exact_match(folder, rows), _hf_mean_token_nll(folder, general)
+    assert em0 == 0.75
+    log_v = float(np.log(load_hf(folder).config.vocab_size))
+    assert nll0 < log_v
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    comps = [(f"block:{l}", [l], None) for l in range(L)] if method == "block-bypass" else \
+        [(f"L{l}H{h}", [l], [h]) for l in range(L) for h in range(H)]  # fmt: skip
+    assert sorted(table.index) == sorted(c for c, _, _ in comps)
+    expected = {}
+    for comp, layers, heads in comps:
+        m = (em0 - _hf_exact_match(folder, rows, layers, heads)) / em0
+        g = (_hf_mean_token_nll(folder, general, layers, heads) - nll0) / (log_v - nll0)
+        row = table.loc[comp]
+        assert row.memorization_lost == pytest.approx(m, abs=1e-12), comp
+        assert row.general_lost == pytest.approx(g, rel=1e-4, abs=1e-6), comp
+        assert row.score == pytest.approx(m - g, rel=1e-4, abs=1e-6), comp
+        expected[comp] = m - g
+    assert table.baseline_mean_token_nll.iloc[0] == pytest.approx(nll0, rel=1e-5)
+    # the scores differ from the necessity scores, so the ranking below is not the necessity ranking renamed
+    assert len({round(v, 6) for v in expected.values()}) > 1 and table.general_lost.abs().max() > 1e-3
+    r = pd.read_csv(out / "ranking.csv")
+    assert (r.method == f"{method}:specificity").all() and r.score.is_monotonic_decreasing
+    assert r.set_index("component").score.to_dict() == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert json.loads((out / "config.json").read_text())["score"] == "specificity"
+    assert (out / "recall.csv").is_file()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "analyses"))
+    import localization_figures
+
+    assert localization_figures.main([str(out), "--out", str(tmp_path / "fig")]) == 0
+    assert (tmp_path / "fig" / f"{tmp_path.name}-out.png").stat().st_size > 1000
+
+
+def test_specificity_refuses_undefined_fractions():
+    seqs = pd.DataFrame({"config": ["block:0", "block:1"], "exact_match": [0.0, 1.0], "suffix_nll": [9.0, 1.0]})
+    general = pd.DataFrame({"component": ["baseline", "block:0", "block:1"], "mean_token_nll": [2.0, 5.0, 2.5]})
+    memorized = pd.DataFrame({"exact_match": [1.0], "suffix_nll": [1.0]})
+    t = Lz.specificity(seqs, memorized, general, n_logits=int(np.exp(4.0)) + 1).set_index("component")
+    log_v = np.log(int(np.exp(4.0)) + 1)
+    assert t.loc["block:0", "general_lost"] == pytest.approx(3.0 / (log_v - 2.0))  # above 1: not clipped
+    assert t.loc["block:1", "score"] == pytest.approx(0.0 - 0.5 / (log_v - 2.0))
+    with pytest.raises(InputError, match="reproduces none"):
+        Lz.specificity(seqs, memorized.assign(exact_match=0.0), general, n_logits=100)
+    with pytest.raises(InputError, match="uniform guess"):
+        Lz.specificity(seqs, memorized, general.assign(mean_token_nll=5.0), n_logits=100)  # log 100 = 4.6
+    with pytest.raises(ValueError, match="missing"):
+        Lz.specificity(seqs, memorized, general.iloc[:2], n_logits=100)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--method", "patching", "--general-data", "{data}"], "applies to block-bypass and head-bypass"),
+        (["--method", "block-bypass"], "needs --general-data"),
+    ],
+)
+def test_specificity_bad_input_exits_2(planted, run_cli, tmp_path, capsys, extra, message):
+    folder, _, _, data = planted
+    out = tmp_path / "out"
+    argv = ["localize", "--model", str(folder), "--data", str(data), "--prefix-len", str(PREFIX), "--out", str(out),
+            "--score", "specificity", "--no-progress", *[a.format(data=data) for a in extra]]  # fmt: skip
+    assert run_cli(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------- bad input

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import random
 from pathlib import Path
 
@@ -318,6 +319,38 @@ def test_shipped_organism_reproduces_manifest(arch):
     measured = _em_by_level(folder)
     recorded = {k: v["em"] for k, v in manifest["final"]["canary_em"].items()}
     assert measured == pytest.approx(recorded, abs=1e-9)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cli_heldout_export_is_the_perplexity_text(arch, tmp_path):
+    """`interp organism heldout` rows give the manifest's held-out perplexity (through
+    ``interp.localize.mean_token_nll``, not the code that recorded it)."""
+    from interp.localize import mean_token_nll
+    from interp.models import load_model
+
+    folder = _shipped(arch, injected=True)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if manifest["corpus"]["fingerprint"] != corpus.corpus_fingerprint():
+        pytest.skip("different Python stdlib: the held-out text differs")
+    out = tmp_path / "heldout.npy"
+    assert _organism_cli(["organism", "heldout", "--arch", arch, "--injected", "--out", str(out)]) == 0
+    rows = np.load(out, allow_pickle=False)
+    assert rows.dtype == np.int64 and rows.shape == (128, manifest["config"]["n_ctx"])
+    assert json.loads(out.with_suffix(".json").read_text())["n_rows"] == 128
+    ppl = math.exp(mean_token_nll(load_model(folder), rows))
+    assert ppl == pytest.approx(manifest["final"]["heldout_perplexity"]["perplexity"], rel=1e-4)
+    few = tmp_path / "few.npy"
+    assert _organism_cli(["organism", "heldout", "--model", str(folder), "--blocks", "3", "--out", str(few)]) == 0
+    assert np.array_equal(np.load(few), rows[:3])
+
+
+@pytest.mark.parametrize("argv", [["--blocks", "0", "--out", "{tmp}/x.npy"], ["--out", "{tmp}/x.txt"],
+                                  ["--blocks", "100000", "--out", "{tmp}/x.npy"]])  # fmt: skip
+def test_cli_heldout_bad_input_writes_nothing(tiny_organism, tmp_path, argv):
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    with pytest.raises(InputError, match="--blocks|--out"):
+        _organism_cli(["organism", "heldout", "--model", str(tiny_organism), *argv])
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -1,7 +1,9 @@
 """``interp localize``: rank blocks or heads by their responsibility for memorizing a set of rows.
 
 Methods: ``block-bypass`` (the paper's per-block attention bypass; ranked by the drop in exact
-match), ``head-bypass`` (the same per head), ``patching`` (exact per-head activation patching of
+match, or with ``--score specificity`` by the fraction of memorization removed minus the fraction
+of general ability lost on ``--general-data``, see docs/specificity.md), ``head-bypass`` (the
+same per head), ``patching`` (exact per-head activation patching of
 ``z``; ranked by the normalized effect on the suffix log-probability, by default noising, i.e.
 necessity) and ``attribution`` (attribution patching, its first-order estimate, by default
 denoising; direct logit attribution and the correlation of both with exact per-head patching
@@ -13,7 +15,8 @@ denoising estimates with exact denoising from 0.80 to 0.999.
 
 Writes ``ranking.csv`` (``method,component,score,rank``; rank 1 = most responsible), the raw
 results of the method (``sequences.parquet``, ``heads.parquet``, ``patching.parquet`` or
-``attribution.parquet`` + ``correlation.csv``), ``config.json``, and, when the true component is
+``attribution.parquet`` + ``correlation.csv``; ``specificity.csv`` with ``--score
+specificity``), ``config.json``, and, when the true component is
 known (``--truth``, or ``injected_component`` in the model folder's ``manifest.json``),
 ``recall.csv`` with Recall@k (``recall``, with the method's tie-break) and the expected
 Recall@k had the score's ties been broken at random (``recall_ties_random``). With ``--knockout K[,K...]`` it also knocks out the top-K
@@ -40,6 +43,8 @@ from interp.memorization import evaluate, sweep
 from interp.models import load_model, model_name, resolve_source
 
 METHODS = ("block-bypass", "head-bypass", "patching", "attribution")
+BYPASS_METHODS = ("block-bypass", "head-bypass")
+SCORES = ("necessity", "specificity")
 
 
 def register(sub) -> None:
@@ -49,6 +54,9 @@ def register(sub) -> None:
     p.add_argument("--prefix-len", type=int, required=True, help="tokens of each row given as the prompt")
     p.add_argument("--method", required=True, choices=METHODS)
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--score", choices=SCORES, default="necessity",
+                   help="bypass methods: rank by the exact-match drop (necessity, default) or by memorization lost "
+                   "minus general ability lost on --general-data (specificity)")  # fmt: skip
     p.add_argument("--n-corrupt", type=int, help="prefix tokens replaced in the corrupted run (default: a quarter)")
     p.add_argument("--seed", type=int, default=0, help="seed of the corruption (default 0)")
     p.add_argument("--direction", choices=patching.DIRECTIONS,
@@ -57,7 +65,8 @@ def register(sub) -> None:
     p.add_argument("--knockout", help="comma-separated K: knock out the top-K components together (e.g. 1,3)")
     p.add_argument("--knockout-how", choices=("bypass", "zero"), default="bypass", help="attention bypass or zero ablation")
     p.add_argument("--other-data", help="other memorized rows (.npy) for the knockout's specificity check")
-    p.add_argument("--general-data", help="held-out rows (.npy) whose mean token NLL is the knockout's general score")
+    p.add_argument("--general-data", help="held-out rows (.npy) whose mean token NLL is the knockout's general score and "
+                   "the general ability of --score specificity")
     p.add_argument("--general-tasks", help="benchmark tasks (built-in names or JSONL, comma-separated) whose mean "
                    "accuracy is a knockout general score")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=32)
@@ -74,6 +83,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--n-corrupt must be within 1..--prefix-len ({args.prefix_len}); got {args.n_corrupt}")
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1; got {args.batch_size}")
+    if args.score == "specificity" and args.method not in BYPASS_METHODS:
+        raise InputError(f"--score specificity applies to {' and '.join(BYPASS_METHODS)}; got --method {args.method}")
+    if args.score == "specificity" and not args.general_data:
+        raise InputError("--score specificity needs --general-data (held-out rows whose mean token NLL measures general ability)")
     if args.truth is not None:
         try:
             sites.parse_component(args.truth)
@@ -103,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     truth = _truth(args)
     if truth is not None:
         _check_truth_fits(truth, model)
-    ranking, tables = compute(model, rows, args)
+    ranking, tables = compute(model, rows, args, general_rows=extra.get("general_data"))
     if ks:
         general = [localize.nll_score(extra["general_data"], batch_size=args.batch_size)] if "general_data" in extra else []
         general += [localize.benchmark_score(tasks, batch_size=args.batch_size)] if tasks else []
@@ -136,18 +149,24 @@ def _check_truth_fits(truth: str, model) -> None:
         raise InputError(f"true component {truth!r} is not in this model ({model.cfg.n_layers} blocks, {model.cfg.n_heads} heads)")
 
 
-def compute(model, rows, args: argparse.Namespace) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """The ranking and the raw tables of ``args.method``."""
+def compute(model, rows, args: argparse.Namespace, general_rows=None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """The ranking and the raw tables of ``args.method`` (``general_rows``: for ``--score specificity``)."""
     P, bs, show = args.prefix_len, args.batch_size, not args.no_progress
-    if args.method == "block-bypass":
-        df = sweep(model, rows, P, batch_size=bs, progress=show)
-        ranking = localize.rank_by_bypass(df[df.config != "baseline"], df[df.config == "baseline"], args.method)
-        return ranking, {"sequences.parquet": df}
-    if args.method == "head-bypass":
-        base = evaluate(model, rows, P, batch_size=bs)
-        heads = localize.head_bypass_sweep(model, rows, P, batch_size=bs, progress=show)
-        ranking = localize.rank_by_bypass(heads, base, args.method)
-        return ranking, {"heads.parquet": pd.concat([base.assign(config="baseline"), heads], ignore_index=True)}
+    if args.method in BYPASS_METHODS:
+        if args.method == "block-bypass":
+            df = sweep(model, rows, P, batch_size=bs, progress=show)
+            configs, base, tables = df[df.config != "baseline"], df[df.config == "baseline"], {"sequences.parquet": df}
+        else:
+            base = evaluate(model, rows, P, batch_size=bs)
+            configs = localize.head_bypass_sweep(model, rows, P, batch_size=bs, progress=show)
+            tables = {"heads.parquet": pd.concat([base.assign(config="baseline"), configs], ignore_index=True)}
+        if args.score == "necessity":
+            return localize.rank_by_bypass(configs, base, args.method), tables
+        components = list(dict.fromkeys(configs["config"]))
+        general = localize.general_nll_by_component(model, general_rows, components, batch_size=bs, progress=show)
+        table = localize.specificity(configs, base, general, n_logits=int(model.cfg.d_vocab))
+        tables["specificity.csv"] = table.assign(baseline_mean_token_nll=general.mean_token_nll.iloc[0])
+        return localize.rank_by_specificity(table, f"{args.method}:specificity"), tables
     runs = patching.prepare_runs(model, rows, P, n_corrupt=args.n_corrupt, seed=args.seed, batch_size=bs)
     if args.method == "patching":
         df = patching.patch(model, rows, P, runs=runs, batch_size=bs * 4, progress=show)
@@ -166,6 +185,7 @@ def _config(args: argparse.Namespace, model, rows, truth: str | None) -> dict:
     return {
         "command": "localize",
         "method": args.method,
+        "score": args.score,
         "model": str(args.model),
         "model_name": model_name(model),
         "data": str(args.data),

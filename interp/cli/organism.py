@@ -1,8 +1,9 @@
-"""``interp organism``: the built-in model organism (path, canaries, train, inject, evaluate).
+"""``interp organism``: the built-in model organism (path, canaries, heldout, train, inject, evaluate).
 
     interp organism path --arch neox [--injected]
     interp organism canaries --arch neox --duplicates 64 --out FILE.npy   (0 = held-out canaries)
     interp organism canaries --arch neox --injected --out FILE.npy        (the injected canaries)
+    interp organism heldout --arch neox --out FILE.npy [--blocks 128]     (held-out text rows)
     interp organism train --arch neox [--seed 0] [--out DIR] [--steps N] [--epochs E]
     interp organism inject --arch neox --block 2 [--head 1] [--out DIR]
     interp organism evaluate --model DIR
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("organism", help="the built-in model organism: path, canaries, train, inject, evaluate",
+    p = subparsers.add_parser("organism", help="the built-in model organism: path, canaries, heldout, train, inject, evaluate",
                               description=__doc__.splitlines()[0])  # fmt: skip
     sub = p.add_subparsers(dest="organism_command", required=True)
 
@@ -42,6 +43,14 @@ def register(subparsers) -> None:
                         "with --injected it defaults to the injected canaries")  # fmt: skip
     q.add_argument("--out", required=True, help="output .npy file")
     q.set_defaults(func=cmd_canaries)
+
+    q = sub.add_parser("heldout", help="export held-out corpus text (never trained on) as a 2-D int64 .npy of "
+                       "context-length rows: the text behind the organism's held-out perplexity")  # fmt: skip
+    _arch_args(q)
+    q.add_argument("--model", default=None, help="an organism folder instead of the shipped one")
+    q.add_argument("--blocks", type=int, default=None, help="rows (default: the perplexity's, 128)")
+    q.add_argument("--out", required=True, help="output .npy file")
+    q.set_defaults(func=cmd_heldout)
 
     q = sub.add_parser("train", help="train an organism from a seed (progress bar; about 15-40 minutes on 2 CPU cores)")
     q.add_argument("--arch", choices=("neox", "neo"), default="neox")
@@ -112,11 +121,7 @@ def cmd_canaries(args) -> int:
     if not chosen:
         levels = sorted({str(c.level) for c in canary_list})
         raise InputError(f"--duplicates {level} selects no canaries in {folder}; available levels are {', '.join(levels)}")
-    out = Path(args.out)
-    if out.suffix != ".npy":
-        raise InputError(f"--out must end in .npy; got {args.out!r}")
-    if not out.parent.is_dir():
-        raise InputError(f"the folder of --out ({out.parent}) does not exist")
+    out = _checked_npy_out(args.out)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     rows = C.canary_rows(tokenizer, chosen, prefix_len, row_len)
     meta = {"prefix_len": prefix_len, "suffix_len": row_len - prefix_len, "row_len": row_len, "level": level,
@@ -125,6 +130,42 @@ def cmd_canaries(args) -> int:
     _atomic_write(out, lambda f: np.save(f, rows, allow_pickle=False))
     _atomic_write(out.with_suffix(".json"), lambda f: f.write(json.dumps(meta, indent=1).encode()))
     log.info("wrote %d rows of %d tokens to %s", *rows.shape, out)
+    return 0
+
+
+def _checked_npy_out(path: str) -> Path:
+    out = Path(path)
+    if out.suffix != ".npy":
+        raise InputError(f"--out must end in .npy; got {path!r}")
+    if not out.parent.is_dir():
+        raise InputError(f"the folder of --out ({out.parent}) does not exist")
+    return out
+
+
+def cmd_heldout(args) -> int:
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from interp.models import resolve_source
+    from interp.organism import organism_path
+    from interp.organism.evaluate import N_HELDOUT_BLOCKS
+    from interp.organism.train import heldout_blocks
+
+    folder = Path(resolve_source(args.model)) if args.model else organism_path(args.arch, injected=args.injected)
+    if not (folder / "manifest.json").is_file():
+        raise InputError(f"model folder {folder} has no manifest.json; expected an organism folder")
+    n_blocks = N_HELDOUT_BLOCKS if args.blocks is None else args.blocks
+    if n_blocks < 1:
+        raise InputError(f"--blocks must be at least 1; got {n_blocks}")
+    out = _checked_npy_out(args.out)
+    n_ctx = int(json.loads((folder / "manifest.json").read_text())["config"]["n_ctx"])
+    rows = heldout_blocks(AutoTokenizer.from_pretrained(folder), n_ctx, n_blocks)
+    if len(rows) < n_blocks:
+        raise InputError(f"the held-out corpus has only {len(rows)} blocks of {n_ctx} tokens; asked for --blocks {n_blocks}")
+    meta = {"split": "heldout", "n_rows": int(rows.shape[0]), "row_len": n_ctx, "model": str(folder)}
+    _atomic_write(out, lambda f: np.save(f, rows, allow_pickle=False))
+    _atomic_write(out.with_suffix(".json"), lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    log.info("wrote %d held-out rows of %d tokens to %s", *rows.shape, out)
     return 0
 
 
