@@ -84,15 +84,17 @@ def draw_specificity(ax, spec: pd.DataFrame, truth: str | None) -> None:
     """Memorization lost against general ability lost, one point per component (the paper's two
     axes as fractions); the score m - g is the height above the diagonal."""
     ax.scatter(spec.general_lost, spec.memorization_lost, c=np.arange(len(spec)), cmap="viridis", s=18, zorder=3)
-    for comp, x, y in zip(spec.component, spec.general_lost, spec.memorization_lost):
+    # labels of points at the same height are staggered vertically so that close ones stay legible
+    stagger = spec.groupby(spec.memorization_lost.round(3)).cumcount().to_numpy()
+    for comp, x, y, i in zip(spec.component, spec.general_lost, spec.memorization_lost, stagger):
         is_truth = comp == truth
-        ax.annotate(comp.replace("block:", ""), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points",
+        ax.annotate(comp.replace("block:", ""), (x, y), fontsize=7, xytext=(3, -10 - 8 * (i % 4)), textcoords="offset points",
                     color="green" if is_truth else "k", weight="bold" if is_truth else "normal")  # fmt: skip
     lo = min(0.0, float(spec.general_lost.min()))
-    hi = max(1.0, float(spec.general_lost.max()))
+    hi = max(0.05, float(spec.general_lost.max())) * 1.15
     ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--", label="score 0 (m = g)")
     ax.set(xlabel="general ability lost g (held-out NLL)", ylabel="memorization lost m (exact match)",
-           title="specificity: score = m - g", ylim=(-0.05, 1.05))  # fmt: skip
+           title="specificity: score = m - g (truth in green)", ylim=(-0.1, 1.08), xlim=(lo - 0.02 * (hi - lo), hi))  # fmt: skip
     ax.legend(fontsize=7, loc="lower right")
 
 
@@ -171,7 +173,9 @@ def draw_knockout(folder: Path, cfg: dict) -> plt.Figure:
     ks, width = sorted(ko.k.unique()), 0.8 / len(bars)
     for i, (name, metric) in enumerate(bars):
         d = ko[(ko.set == name) & (ko.metric == metric)].set_index("k")["drop"].reindex(ks)
-        ax.bar(np.arange(len(ks)) + (i - (len(bars) - 1) / 2) * width, d.to_numpy(float), width=width, label=f"{name}: {metric}")
+        unit = " (nats)" if metric == "mean_token_nll" else ""
+        ax.bar(np.arange(len(ks)) + (i - (len(bars) - 1) / 2) * width, d.to_numpy(float), width=width,
+               label=f"{name}: {metric}{unit}")  # fmt: skip
     ax.axhline(0, color="k", lw=0.6)
     ax.set(xticks=range(len(ks)), xlabel=f"top-K knocked out ({ko.how.iloc[0]})", ylabel="drop (positive = worse)")
     ax.set_xticklabels(ks)

@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT / "analyses"))
 log = logging.getLogger("run_all")
 ARCHS = ("neox", "neo")
 LOCALIZE_METHODS = ("block-bypass", "head-bypass", "patching", "attribution")
+SPECIFICITY_METHODS = ("block-bypass", "head-bypass")  # also ranked by --score specificity (docs/specificity.md)
 KNOCKOUT_TASKS = "rule_count,typo"
 
 
@@ -75,24 +76,28 @@ def localize_step(arch: str, results: Path, progress: list[str]) -> list[Path]:
         return []
     data = results / "localize" / arch / "injected-canaries.npy"
     other = results / "localize" / arch / "memorized-canaries.npy"  # the parent's D=64 canaries
-    if not data.exists() or not done(data.parent, data.name, weights_tag(arch, injected=True)):
+    heldout = results / "localize" / arch / "heldout.npy"  # the text behind the held-out perplexity
+    if not heldout.exists() or not done(data.parent, data.name, weights_tag(arch, injected=True)):
         data.parent.mkdir(parents=True, exist_ok=True)
         cli(["organism", "canaries", "--arch", arch, "--injected", "--out", str(data)])
         cli(["organism", "canaries", "--arch", arch, "--injected", "--duplicates", "64", "--out", str(other)])
+        cli(["organism", "heldout", "--arch", arch, "--injected", "--out", str(heldout)])
         stamp(data.parent, weights_tag(arch, injected=True))
     prefix_len = json.loads(data.with_suffix(".json").read_text())["prefix_len"]
     from paper_figures import tasks_sha256
 
     tag = f"{weights_tag(arch, injected=True)} tasks:{tasks_sha256(KNOCKOUT_TASKS)}"  # the knockout reads the tasks
     folders = []
-    for method in LOCALIZE_METHODS:
-        out = results / "localize" / arch / method
+    runs = [(m, m, []) for m in LOCALIZE_METHODS]
+    runs += [(m, f"{m}-specificity", ["--score", "specificity", "--general-data", str(heldout)]) for m in SPECIFICITY_METHODS]
+    for method, name, extra in runs:
+        out = results / "localize" / arch / name
         if not done(out, "ranking.csv", tag):
             # knocking out the top component: its effect on the injected canaries (target), on the
             # other memorized canaries (other) and on two built-in tasks (general)
             knockout = ["--knockout", "1", "--other-data", str(other), "--general-tasks", KNOCKOUT_TASKS]
             cli(["localize", "--model", f"organism:{arch}-injected", "--data", str(data), "--prefix-len",
-                 str(prefix_len), "--method", method, "--out", str(out), *knockout, *progress])  # fmt: skip
+                 str(prefix_len), "--method", method, "--out", str(out), *knockout, *extra, *progress])  # fmt: skip
             stamp(out, tag)
         folders.append(out)
     return folders

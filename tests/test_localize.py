@@ -448,3 +448,46 @@ def test_block_bypass_ranks_the_injected_block_first(injected_block_ranking):
         pytest.xfail(f"neo: {r.component.iloc[0]} ranks first, {truth} ranks {int(r[r.component == truth]['rank'].iloc[0])}")
     assert ok, r
 
+
+
+@pytest.fixture(scope="module", params=["neox", "neo"])
+def injected_specificity(request):
+    """The specificity table of a shipped injected organism's block bypass: its injected canaries
+    against the held-out text behind its perplexity (docs/specificity.md, "The one evaluation")."""
+    from transformers import AutoTokenizer
+
+    from interp.memorization import sweep
+    from interp.organism import corpus
+    from interp.organism.evaluate import N_HELDOUT_BLOCKS
+    from interp.organism.train import heldout_blocks
+
+    org = request.param
+    folder = DATA_DIR / f"{org}-injected"
+    if not (folder / "manifest.json").is_file() or not (folder / "canaries.json").is_file():
+        pytest.skip(f"the injected {org} organism is not shipped in this checkout ({folder})")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if manifest["corpus"]["fingerprint"] != corpus.corpus_fingerprint():
+        pytest.skip("different Python stdlib: the held-out text differs")
+    model = load_model(folder)
+    rows, prefix_len = injected_rows(folder)
+    df = sweep(model, rows, prefix_len, progress=False)
+    general_rows = heldout_blocks(AutoTokenizer.from_pretrained(folder), int(manifest["config"]["n_ctx"]), N_HELDOUT_BLOCKS)
+    general = Lz.general_nll_by_component(model, general_rows, [f"block:{b}" for b in range(model.cfg.n_layers)])
+    table = Lz.specificity(df[df.config != "baseline"], df[df.config == "baseline"], general, int(model.cfg.d_vocab))
+    return org, manifest["injected_component"], table
+
+
+def test_block_bypass_specificity_ranks_the_injected_block_first(injected_specificity):
+    """The issue's target under the specificity score. It does not hold on either organism (README):
+    blocks 0-4 each remove every injected canary (m = 1), and block 4's bypass costs more of the
+    held-out text than the bypass of blocks 1-3 (g 0.148 against 0.050-0.069 on GPT-NeoX, 0.143
+    against 0.040-0.049 on GPT-Neo), so blocks 1-3 rank above it. A strict xfail: it becomes a
+    failure the day it holds, and the README must then change."""
+    org, truth, table = injected_specificity
+    r = Lz.rank_by_specificity(table, "block-bypass:specificity")
+    t = table.set_index("component")
+    assert (t.loc[[f"block:{b}" for b in range(5)], "memorization_lost"] == 1).all()  # the facts the docstring states
+    assert t.loc[truth, "general_lost"] > t.loc[["block:1", "block:2", "block:3"], "general_lost"].max()
+    if Lz.recall_at_k(r, truth, 1) == 1:
+        pytest.fail(f"{org}: the specificity score now ranks the injected block first: update the README and this test")
+    pytest.xfail(f"{org}: {r.component.iloc[0]} ranks first, {truth} ranks {int(r[r.component == truth]['rank'].iloc[0])}")
