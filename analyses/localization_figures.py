@@ -5,9 +5,9 @@ Reads only the files ``interp localize`` writes into each result folder (``confi
 ``ranking.csv``, ``recall.csv`` and the method's raw table); never loads a model. Per folder:
 
 - ``block-bypass``: mean exact match / token accuracy per bypassed block, baseline dashed; with
-  ``--score specificity``, beside it memorization lost against general ability lost per block;
+  ``--score selectivity``, beside it memorization lost against general ability lost per block;
 - ``head-bypass``: layer x head heatmaps of mean exact match, token accuracy, completion entropy
-  (and of the specificity score with ``--score specificity``);
+  (and of the selectivity score with ``--score selectivity``);
 - ``patching``: per direction (rows), layer x position heatmaps of the normalized suffix
   log-probability for resid_pre, attn_out, mlp_out (the prefix/suffix boundary marked), and
   the layer x head heatmap of per-head (z) patching;
@@ -75,15 +75,16 @@ def _outline(ax, truth: str | None, layers: list, cols: list) -> None:
         ax.add_patch(Rectangle((cols.index(head) - 0.5, layers.index(layer) - 0.5), 1, 1, fill=False, ec="lime", lw=2))
 
 
-def _specificity(folder: Path) -> pd.DataFrame | None:
-    path = folder / "specificity.csv"
+def _selectivity(folder: Path) -> pd.DataFrame | None:
+    path = folder / "selectivity.csv"
     return pd.read_csv(path) if path.is_file() else None
 
 
-def draw_specificity(ax, spec: pd.DataFrame, truth: str | None) -> None:
+def draw_selectivity(ax, spec: pd.DataFrame, truth: str | None) -> None:
     """Memorization lost against general ability lost, one point per component (the paper's two
     axes as fractions); the score m - g is the height above the diagonal."""
-    ax.scatter(spec.general_lost, spec.memorization_lost, c=np.arange(len(spec)), cmap="viridis", s=18, zorder=3)
+    colors = np.where(spec.component.to_numpy() == truth, "green", "tab:blue")
+    ax.scatter(spec.general_lost, spec.memorization_lost, c=colors, s=18, zorder=3)
     # labels of points at the same height are staggered vertically so that close ones stay legible
     stagger = spec.groupby(spec.memorization_lost.round(3)).cumcount().to_numpy()
     for comp, x, y, i in zip(spec.component, spec.general_lost, spec.memorization_lost, stagger):
@@ -94,7 +95,7 @@ def draw_specificity(ax, spec: pd.DataFrame, truth: str | None) -> None:
     hi = max(0.05, float(spec.general_lost.max())) * 1.15
     ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--", label="score 0 (m = g)")
     ax.set(xlabel="general ability lost g (held-out NLL)", ylabel="memorization lost m (exact match)",
-           title="specificity: score = m - g (truth in green)", ylim=(-0.1, 1.08), xlim=(lo - 0.02 * (hi - lo), hi))  # fmt: skip
+           title="selectivity: score = m - g (truth in green)", ylim=(-0.1, 1.08), xlim=(lo - 0.02 * (hi - lo), hi))  # fmt: skip
     ax.legend(fontsize=7, loc="lower right")
 
 
@@ -102,10 +103,10 @@ def draw_block_bypass(folder: Path, cfg: dict) -> plt.Figure:
     df = pd.read_parquet(folder / "sequences.parquet")
     means = df.groupby("config", sort=False)[["exact_match", "token_accuracy"]].mean()
     base, blocks = means.loc["baseline"], means.drop(index="baseline")
-    spec = _specificity(folder)
+    spec = _selectivity(folder)
     if spec is not None:
         fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.4))
-        draw_specificity(ax2, spec, cfg.get("truth"))
+        draw_selectivity(ax2, spec, cfg.get("truth"))
     else:
         fig, ax = plt.subplots(figsize=(6, 3.2))
     x = np.arange(len(blocks))
@@ -121,14 +122,14 @@ def draw_block_bypass(folder: Path, cfg: dict) -> plt.Figure:
 def draw_head_bypass(folder: Path, cfg: dict) -> plt.Figure:
     df = pd.read_parquet(folder / "heads.parquet")
     base, heads = df[df.config == "baseline"], df[df.config != "baseline"]
-    spec = _specificity(folder)
+    spec = _selectivity(folder)
     fig, axes = plt.subplots(1, 3 if spec is None else 4, figsize=(12 if spec is None else 16, 3.4))
     for ax, (m, cmap) in zip(axes, [("exact_match", "viridis"), ("token_accuracy", "viridis"), ("completion_entropy", "magma")]):
         heatmap(ax, head_grid(heads, m), f"{m} (baseline {base[m].mean():.3g})", cmap=cmap, center=None, truth=cfg.get("truth"))
     if spec is not None:
         layer_head = spec.component.str.extract(r"L(\d+)H(\d+)").astype(int)
         grid = spec.assign(layer=layer_head[0], head=layer_head[1])
-        heatmap(axes[3], head_grid(grid, "score"), "specificity m - g", truth=cfg.get("truth"))
+        heatmap(axes[3], head_grid(grid, "score"), "selectivity m - g", cmap="viridis", center=None, truth=cfg.get("truth"))
     return fig
 
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "analyses"))
 log = logging.getLogger("run_all")
 ARCHS = ("neox", "neo")
 LOCALIZE_METHODS = ("block-bypass", "head-bypass", "patching", "attribution")
-SPECIFICITY_METHODS = ("block-bypass", "head-bypass")  # also ranked by --score specificity (docs/specificity.md)
+SELECTIVITY_METHODS = ("block-bypass", "head-bypass")  # also ranked by --score selectivity (docs/selectivity.md)
 KNOCKOUT_TASKS = "rule_count,typo"
 
 
@@ -89,7 +89,7 @@ def localize_step(arch: str, results: Path, progress: list[str]) -> list[Path]:
     tag = f"{weights_tag(arch, injected=True)} tasks:{tasks_sha256(KNOCKOUT_TASKS)}"  # the knockout reads the tasks
     folders = []
     runs = [(m, m, []) for m in LOCALIZE_METHODS]
-    runs += [(m, f"{m}-specificity", ["--score", "specificity", "--general-data", str(heldout)]) for m in SPECIFICITY_METHODS]
+    runs += [(m, f"{m}-selectivity", ["--score", "selectivity", "--general-data", str(heldout)]) for m in SELECTIVITY_METHODS]
     for method, name, extra in runs:
         out = results / "localize" / arch / name
         if not done(out, "ranking.csv", tag):

@@ -272,7 +272,22 @@ def test_knockout_of_the_planted_head_breaks_its_rows(planted):
     assert sorted(curve.k.unique()) == [1, 2] and (curve.how == "zero").all()
 
 
-# ---------------------------------------------------------------- specificity
+# ---------------------------------------------------------------- selectivity
+
+
+def _hf_token_nll_per_row(folder, rows, layers=(), heads=None) -> np.ndarray:
+    hf, tokens = load_hf(folder), torch.as_tensor(rows)
+    with HFBypass(hf, list(layers), heads):
+        logp = torch.log_softmax(hf_logits(hf, tokens[:, :-1]).double(), -1)
+    return (-logp.gather(-1, tokens[:, 1:, None]))[..., 0].mean(1).numpy()
+
+
+def _hf_suffix_nll(folder, rows, layers=(), heads=None) -> np.ndarray:
+    """Per row, the summed NLL (nats) of the suffix given the true prefix, from the HF model."""
+    hf, tokens = load_hf(folder), torch.as_tensor(rows)
+    with HFBypass(hf, list(layers), heads):
+        logp = torch.log_softmax(hf_logits(hf, tokens[:, :-1]).double(), -1)
+    return (-logp.gather(-1, tokens[:, 1:, None]))[:, PREFIX - 1 :, 0].sum(1).numpy()
 
 
 def _hf_exact_match(folder, rows, layers=(), heads=None) -> float:
@@ -284,9 +299,9 @@ def _hf_exact_match(folder, rows, layers=(), heads=None) -> float:
 
 
 @pytest.mark.parametrize("method", ["block-bypass", "head-bypass"])
-def test_specificity_against_hf_reference(planted, run_cli, tmp_path, method):
-    """``specificity.csv`` and the ranking of ``--score specificity`` against m, g and m - g
-    recomputed from the Hugging Face model with the reference bypass (docs/specificity.md)."""
+def test_selectivity_against_hf_reference(planted, run_cli, tmp_path, method):
+    """``selectivity.csv`` and the ranking of ``--score selectivity`` against m, g and m - g
+    recomputed from the Hugging Face model with the reference bypass (docs/selectivity.md)."""
     folder, model, rows, data = planted
     rows = rows.copy()
     rows[6:, PREFIX:] = np.random.default_rng(4).integers(1, 500, (2, SUFFIX))  # two unmemorized rows: EM_0 = 0.75
@@ -295,9 +310,9 @@ def test_specificity_against_hf_reference(planted, run_cli, tmp_path, method):
     np.save(tmp_path / "general.npy", general)
     out = tmp_path / "out"
     assert run_cli(["localize", "--model", str(folder), "--data", str(tmp_path / "rows.npy"), "--prefix-len", str(PREFIX),
-                    "--method", method, "--out", str(out), "--score", "specificity", "--general-data",
+                    "--method", method, "--out", str(out), "--score", "selectivity", "--general-data",
                     str(tmp_path / "general.npy"), "--truth", PLANTED, "--no-progress"]) == 0  # fmt: skip
-    table = pd.read_csv(out / "specificity.csv").set_index("component")
+    table = pd.read_csv(out / "selectivity.csv").set_index("component")
     em0, nll0 = _hf_exact_match(folder, rows), _hf_mean_token_nll(folder, general)
     assert em0 == 0.75
     log_v = float(np.log(load_hf(folder).config.vocab_size))
@@ -307,21 +322,34 @@ def test_specificity_against_hf_reference(planted, run_cli, tmp_path, method):
         [(f"L{l}H{h}", [l], [h]) for l in range(L) for h in range(H)]  # fmt: skip
     assert sorted(table.index) == sorted(c for c, _, _ in comps)
     expected = {}
+    snll0 = _hf_suffix_nll(folder, rows).mean()
+    per_row = pd.read_parquet(out / "general_nll.parquet")
+    assert per_row[per_row.component == "baseline"].mean_token_nll.to_numpy() == pytest.approx(
+        _hf_token_nll_per_row(folder, general), rel=1e-5)  # fmt: skip
     for comp, layers, heads in comps:
-        m = (em0 - _hf_exact_match(folder, rows, layers, heads)) / em0
+        em_c = _hf_exact_match(folder, rows, layers, heads)
+        m = (em0 - em_c) / em0
         g = (_hf_mean_token_nll(folder, general, layers, heads) - nll0) / (log_v - nll0)
         row = table.loc[comp]
+        assert row.exact_match == pytest.approx(em_c, abs=1e-12), comp
+        assert row.nll_increase == pytest.approx(_hf_suffix_nll(folder, rows, layers, heads).mean() - snll0, rel=1e-4, abs=1e-4), comp
+        assert per_row[per_row.component == comp].mean_token_nll.to_numpy() == pytest.approx(
+            _hf_token_nll_per_row(folder, general, layers, heads), rel=1e-5), comp  # fmt: skip
         assert row.memorization_lost == pytest.approx(m, abs=1e-12), comp
         assert row.general_lost == pytest.approx(g, rel=1e-4, abs=1e-6), comp
         assert row.score == pytest.approx(m - g, rel=1e-4, abs=1e-6), comp
         expected[comp] = m - g
     assert table.baseline_mean_token_nll.iloc[0] == pytest.approx(nll0, rel=1e-5)
+    assert table.baseline_exact_match.iloc[0] == em0
+    boot = pd.read_csv(out / "selectivity_bootstrap.csv")
+    assert sorted(boot.component) == sorted(table.index) and boot.p_first.sum() == pytest.approx(1)
+    assert (boot.rank_lo <= boot.rank_hi).all() and boot.n_used.iloc[0] <= 1000
     # the scores differ from the necessity scores, so the ranking below is not the necessity ranking renamed
     assert len({round(v, 6) for v in expected.values()}) > 1 and table.general_lost.abs().max() > 1e-3
     r = pd.read_csv(out / "ranking.csv")
-    assert (r.method == f"{method}:specificity").all() and r.score.is_monotonic_decreasing
+    assert (r.method == f"{method}:selectivity").all() and r.score.is_monotonic_decreasing
     assert r.set_index("component").score.to_dict() == pytest.approx(expected, rel=1e-4, abs=1e-6)
-    assert json.loads((out / "config.json").read_text())["score"] == "specificity"
+    assert json.loads((out / "config.json").read_text())["score"] == "selectivity"
     assert (out / "recall.csv").is_file()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "analyses"))
     import localization_figures
@@ -330,20 +358,91 @@ def test_specificity_against_hf_reference(planted, run_cli, tmp_path, method):
     assert (tmp_path / "fig" / f"{tmp_path.name}-out.png").stat().st_size > 1000
 
 
-def test_specificity_refuses_undefined_fractions():
+def test_selectivity_refuses_undefined_fractions():
     seqs = pd.DataFrame({"config": ["block:0", "block:1"], "exact_match": [0.0, 1.0], "suffix_nll": [9.0, 1.0]})
     general = pd.DataFrame({"component": ["baseline", "block:0", "block:1"], "mean_token_nll": [2.0, 5.0, 2.5]})
     memorized = pd.DataFrame({"exact_match": [1.0], "suffix_nll": [1.0]})
-    t = Lz.specificity(seqs, memorized, general, n_logits=int(np.exp(4.0)) + 1).set_index("component")
+    t = Lz.selectivity(seqs, memorized, general, n_logits=int(np.exp(4.0)) + 1).set_index("component")
     log_v = np.log(int(np.exp(4.0)) + 1)
     assert t.loc["block:0", "general_lost"] == pytest.approx(3.0 / (log_v - 2.0))  # above 1: not clipped
     assert t.loc["block:1", "score"] == pytest.approx(0.0 - 0.5 / (log_v - 2.0))
     with pytest.raises(InputError, match="reproduces none"):
-        Lz.specificity(seqs, memorized.assign(exact_match=0.0), general, n_logits=100)
+        Lz.selectivity(seqs, memorized.assign(exact_match=0.0), general, n_logits=100)
     with pytest.raises(InputError, match="uniform guess"):
-        Lz.specificity(seqs, memorized, general.assign(mean_token_nll=5.0), n_logits=100)  # log 100 = 4.6
+        Lz.selectivity(seqs, memorized, general.assign(mean_token_nll=5.0), n_logits=100)  # log 100 = 4.6
     with pytest.raises(ValueError, match="missing"):
-        Lz.specificity(seqs, memorized, general.iloc[:2], n_logits=100)
+        Lz.selectivity(seqs, memorized, general.iloc[:2], n_logits=100)
+    with pytest.raises(InputError, match="not finite"):
+        Lz.selectivity(seqs, memorized, general.assign(mean_token_nll=[2.0, np.nan, 2.5]), n_logits=100)
+    with pytest.raises(InputError, match="not finite for \\['baseline'\\]"):
+        Lz.selectivity(seqs, memorized, general.assign(mean_token_nll=[np.inf, 2.0, 2.5]), n_logits=100)
+    # a bypass that makes more rows match loses a negative fraction: m is not clipped either
+    half = pd.DataFrame({"exact_match": [1.0, 0.0], "suffix_nll": [1.0, 1.0]})
+    gain = pd.DataFrame({"config": ["block:0"] * 2, "exact_match": [1.0, 1.0], "suffix_nll": [0.5, 0.5]})
+    t = Lz.selectivity(gain, half, general.iloc[:2], n_logits=100)
+    assert t.memorization_lost.item() == pytest.approx(-1.0)
+    assert t.nll_increase.item() == pytest.approx(-0.5)
+
+
+def test_selectivity_ties_are_broken_by_the_suffix_nll_rise():
+    seqs = pd.DataFrame({"config": ["block:0", "block:1", "block:2"], "exact_match": [0.0, 0.0, 0.0],
+                         "suffix_nll": [3.0, 9.0, 5.0]})  # fmt: skip
+    general = pd.DataFrame({"component": ["baseline", "block:0", "block:1", "block:2"], "mean_token_nll": [2.0, 2.5, 2.5, 2.5]})
+    base = pd.DataFrame({"exact_match": [1.0], "suffix_nll": [1.0]})
+    t = Lz.selectivity(seqs, base, general, n_logits=100)
+    assert t.score.nunique() == 1
+    assert Lz.rank_by_selectivity(t, "x").component.tolist() == ["block:1", "block:2", "block:0"]
+
+
+def test_selectivity_bootstrap_ranks_each_resample_like_the_point_estimate():
+    """Each resample's ranks equal ``rank_by_selectivity(selectivity(...))`` on the resampled rows."""
+    rng = np.random.default_rng(3)
+    comps, n, r = ["block:0", "block:1", "block:2", "block:3"], 5, 6
+    seqs = pd.DataFrame({"config": np.repeat(comps, n), "exact_match": rng.integers(0, 2, len(comps) * n).astype(float),
+                         "suffix_nll": rng.normal(5, 2, len(comps) * n)})  # fmt: skip
+    base = pd.DataFrame({"exact_match": [1.0, 1.0, 0.0, 1.0, 1.0], "suffix_nll": rng.normal(1, 0.2, n)})
+    general = pd.DataFrame([(c, i, 3.0 + rng.normal(0, 0.3) + 0.1 * k) for k, c in enumerate(["baseline", *comps])
+                            for i in range(r)], columns=["component", "row", "mean_token_nll"])  # fmt: skip
+    samples = [(rng.integers(0, n, n), rng.integers(0, r, r)) for _ in range(40)] + [(np.array([2, 2, 2, 2, 2]), np.arange(r))]
+    boot = Lz.selectivity_bootstrap(seqs, base, general, 100, samples=samples).set_index("component")
+    ranks, scores = [], []
+    for t_idx, g_idx in samples:
+        if base.exact_match.to_numpy()[t_idx].mean() == 0:
+            continue  # no memorized row: skipped
+        sub = pd.concat([seqs[seqs.config == c].iloc[t_idx] for c in comps])
+        gsub = pd.concat([general[general.component == c].iloc[g_idx] for c in ["baseline", *comps]])
+        table = Lz.selectivity(sub, base.iloc[t_idx], gsub, 100)
+        ranking = Lz.rank_by_selectivity(table, "x").set_index("component")
+        ranks.append([ranking.loc[c, "rank"] for c in comps])
+        scores.append(table.set_index("component").loc[comps, "score"].to_numpy())
+    ranks, scores = np.array(ranks), np.array(scores)
+    assert boot.n_used.iloc[0] == len(ranks) == 40
+    assert boot.loc[comps, "p_first"].to_numpy() == pytest.approx((ranks == 1).mean(0))
+    assert boot.loc[comps, "rank_hi"].to_numpy() == pytest.approx(np.percentile(ranks, 97.5, axis=0))
+    assert boot.loc[comps, "score_lo"].to_numpy() == pytest.approx(np.percentile(scores, 2.5, axis=0))
+    assert len(set(map(tuple, ranks))) > 1  # the resamples disagree, so the comparison is not vacuous
+
+
+def test_selectivity_refuses_unmemorized_rows_before_any_sweep(planted, run_cli, tmp_path, capsys, monkeypatch):
+    import interp.cli.localize as cli_localize
+
+    folder, _, rows, _ = planted
+    rows = rows.copy()
+    rows[:, PREFIX:] = np.random.default_rng(4).integers(1, 500, (len(rows), SUFFIX))  # nothing memorized
+    np.save(tmp_path / "rows.npy", rows)
+    np.save(tmp_path / "general.npy", rows)
+
+    def no_sweep(*a, **k):
+        raise AssertionError("swept before refusing")
+
+    monkeypatch.setattr(cli_localize, "sweep", no_sweep)
+    monkeypatch.setattr(Lz, "head_bypass_sweep", no_sweep)
+    for method in ("block-bypass", "head-bypass"):
+        out = tmp_path / method
+        assert run_cli(["localize", "--model", str(folder), "--data", str(tmp_path / "rows.npy"), "--prefix-len",
+                        str(PREFIX), "--method", method, "--out", str(out), "--score", "selectivity", "--general-data",
+                        str(tmp_path / "general.npy"), "--no-progress"]) == 2  # fmt: skip
+        assert "reproduces none of the rows" in capsys.readouterr().err and not out.exists()
 
 
 @pytest.mark.parametrize(
@@ -351,13 +450,16 @@ def test_specificity_refuses_undefined_fractions():
     [
         (["--method", "patching", "--general-data", "{data}"], "applies to block-bypass and head-bypass"),
         (["--method", "block-bypass"], "needs --general-data"),
+        (["--method", "block-bypass", "--general-data", "{short}"], "--general-data"),
     ],
 )
-def test_specificity_bad_input_exits_2(planted, run_cli, tmp_path, capsys, extra, message):
+def test_selectivity_bad_input_exits_2(planted, run_cli, tmp_path, capsys, extra, message):
     folder, _, _, data = planted
+    short = tmp_path / "short.npy"
+    np.save(short, np.ones((2, 1), dtype=np.int64))  # one token per row: no next token to score
     out = tmp_path / "out"
     argv = ["localize", "--model", str(folder), "--data", str(data), "--prefix-len", str(PREFIX), "--out", str(out),
-            "--score", "specificity", "--no-progress", *[a.format(data=data) for a in extra]]  # fmt: skip
+            "--score", "selectivity", "--no-progress", *[a.format(data=data, short=short) for a in extra]]  # fmt: skip
     assert run_cli(argv) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
@@ -451,9 +553,9 @@ def test_block_bypass_ranks_the_injected_block_first(injected_block_ranking):
 
 
 @pytest.fixture(scope="module", params=["neox", "neo"])
-def injected_specificity(request):
-    """The specificity table of a shipped injected organism's block bypass: its injected canaries
-    against the held-out text behind its perplexity (docs/specificity.md, "The one evaluation")."""
+def injected_selectivity(request):
+    """The selectivity table of a shipped injected organism's block bypass: its injected canaries
+    against the held-out text behind its perplexity (docs/selectivity.md, "The one evaluation")."""
     from transformers import AutoTokenizer
 
     from interp.memorization import sweep
@@ -473,21 +575,23 @@ def injected_specificity(request):
     df = sweep(model, rows, prefix_len, progress=False)
     general_rows = heldout_blocks(AutoTokenizer.from_pretrained(folder), int(manifest["config"]["n_ctx"]), N_HELDOUT_BLOCKS)
     general = Lz.general_nll_by_component(model, general_rows, [f"block:{b}" for b in range(model.cfg.n_layers)])
-    table = Lz.specificity(df[df.config != "baseline"], df[df.config == "baseline"], general, int(model.cfg.d_vocab))
+    table = Lz.selectivity(df[df.config != "baseline"], df[df.config == "baseline"], general, int(model.cfg.d_vocab))
     return org, manifest["injected_component"], table
 
 
-def test_block_bypass_specificity_ranks_the_injected_block_first(injected_specificity):
-    """The issue's target under the specificity score. It does not hold on either organism (README):
+def test_block_bypass_selectivity_ranks_the_injected_block_first(injected_selectivity):
+    """The issue's target under the selectivity score. It does not hold on either organism (README):
     blocks 0-4 each remove every injected canary (m = 1), and block 4's bypass costs more of the
-    held-out text than the bypass of blocks 1-3 (g 0.148 against 0.050-0.069 on GPT-NeoX, 0.143
+    held-out text than the bypass of blocks 1-3 (g 0.148 against 0.049-0.069 on GPT-NeoX, 0.143
     against 0.040-0.049 on GPT-Neo), so blocks 1-3 rank above it. A strict xfail: it becomes a
     failure the day it holds, and the README must then change."""
-    org, truth, table = injected_specificity
-    r = Lz.rank_by_specificity(table, "block-bypass:specificity")
+    org, truth, table = injected_selectivity
+    r = Lz.rank_by_selectivity(table, "block-bypass:selectivity")
     t = table.set_index("component")
     assert (t.loc[[f"block:{b}" for b in range(5)], "memorization_lost"] == 1).all()  # the facts the docstring states
     assert t.loc[truth, "general_lost"] > t.loc[["block:1", "block:2", "block:3"], "general_lost"].max()
+    assert r.component.iloc[0] == "block:2"  # the ranks the README and docs/selectivity.md quote
+    assert int(r[r.component == truth]["rank"].iloc[0]) == {"neox": 5, "neo": 4}[org]
     if Lz.recall_at_k(r, truth, 1) == 1:
-        pytest.fail(f"{org}: the specificity score now ranks the injected block first: update the README and this test")
+        pytest.fail(f"{org}: the selectivity score now ranks the injected block first: update the README and this test")
     pytest.xfail(f"{org}: {r.component.iloc[0]} ranks first, {truth} ranks {int(r[r.component == truth]['rank'].iloc[0])}")

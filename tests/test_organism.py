@@ -336,12 +336,23 @@ def test_cli_heldout_export_is_the_perplexity_text(arch, tmp_path):
     assert _organism_cli(["organism", "heldout", "--arch", arch, "--injected", "--out", str(out)]) == 0
     rows = np.load(out, allow_pickle=False)
     assert rows.dtype == np.int64 and rows.shape == (128, manifest["config"]["n_ctx"])
-    assert json.loads(out.with_suffix(".json").read_text())["n_rows"] == 128
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["n_rows"] == 128 and meta["model"] == str(folder) and meta["same_corpus_as_training"] is True
     ppl = math.exp(mean_token_nll(load_model(folder), rows))
     assert ppl == pytest.approx(manifest["final"]["heldout_perplexity"]["perplexity"], rel=1e-4)
     few = tmp_path / "few.npy"
     assert _organism_cli(["organism", "heldout", "--model", str(folder), "--blocks", "3", "--out", str(few)]) == 0
     assert np.array_equal(np.load(few), rows[:3])
+
+
+def test_cli_heldout_refuses_a_manifest_without_context_length(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "manifest.json").write_text("{}")
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(InputError, match="config.n_ctx"):
+        _organism_cli(["organism", "heldout", "--model", str(folder), "--out", str(tmp_path / "x.npy")])
+    assert not (tmp_path / "x.npy").exists()
 
 
 @pytest.mark.parametrize("argv", [["--blocks", "0", "--out", "{tmp}/x.npy"], ["--out", "{tmp}/x.txt"],

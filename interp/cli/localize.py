@@ -1,8 +1,8 @@
 """``interp localize``: rank blocks or heads by their responsibility for memorizing a set of rows.
 
 Methods: ``block-bypass`` (the paper's per-block attention bypass; ranked by the drop in exact
-match, or with ``--score specificity`` by the fraction of memorization removed minus the fraction
-of general ability lost on ``--general-data``, see docs/specificity.md), ``head-bypass`` (the
+match, or with ``--score selectivity`` by the fraction of memorization removed minus the fraction
+of general ability lost on ``--general-data``, see docs/selectivity.md), ``head-bypass`` (the
 same per head), ``patching`` (exact per-head activation patching of
 ``z``; ranked by the normalized effect on the suffix log-probability, by default noising, i.e.
 necessity) and ``attribution`` (attribution patching, its first-order estimate, by default
@@ -15,8 +15,10 @@ denoising estimates with exact denoising from 0.80 to 0.999.
 
 Writes ``ranking.csv`` (``method,component,score,rank``; rank 1 = most responsible), the raw
 results of the method (``sequences.parquet``, ``heads.parquet``, ``patching.parquet`` or
-``attribution.parquet`` + ``correlation.csv``; ``specificity.csv`` with ``--score
-specificity``), ``config.json``, and, when the true component is
+``attribution.parquet`` + ``correlation.csv``; with ``--score selectivity`` also
+``selectivity.csv``, the per-row held-out NLLs ``general_nll.parquet`` and
+``selectivity_bootstrap.csv``, the ranking's stability over 1000 resamples of both row sets),
+``config.json``, and, when the true component is
 known (``--truth``, or ``injected_component`` in the model folder's ``manifest.json``),
 ``recall.csv`` with Recall@k (``recall``, with the method's tie-break) and the expected
 Recall@k had the score's ties been broken at random (``recall_ties_random``). With ``--knockout K[,K...]`` it also knocks out the top-K
@@ -44,7 +46,8 @@ from interp.models import load_model, model_name, resolve_source
 
 METHODS = ("block-bypass", "head-bypass", "patching", "attribution")
 BYPASS_METHODS = ("block-bypass", "head-bypass")
-SCORES = ("necessity", "specificity")
+SCORES = ("necessity", "selectivity")
+N_BOOT = 1000  # bootstrap resamples of the selectivity ranking
 
 
 def register(sub) -> None:
@@ -56,9 +59,9 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--score", choices=SCORES, default="necessity",
                    help="bypass methods: rank by the exact-match drop (necessity, default) or by memorization lost "
-                   "minus general ability lost on --general-data (specificity)")  # fmt: skip
+                   "minus general ability lost on --general-data (selectivity)")  # fmt: skip
     p.add_argument("--n-corrupt", type=int, help="prefix tokens replaced in the corrupted run (default: a quarter)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the corruption (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the corruption and of the selectivity bootstrap (default 0)")
     p.add_argument("--direction", choices=patching.DIRECTIONS,
                    help="direction used for the ranking (default: noising for patching, denoising for attribution)")  # fmt: skip
     p.add_argument("--truth", help="true component ('block:L' or 'L{l}H{h}') for Recall@k (default: from manifest.json)")
@@ -66,7 +69,7 @@ def register(sub) -> None:
     p.add_argument("--knockout-how", choices=("bypass", "zero"), default="bypass", help="attention bypass or zero ablation")
     p.add_argument("--other-data", help="other memorized rows (.npy) for the knockout's specificity check")
     p.add_argument("--general-data", help="held-out rows (.npy) whose mean token NLL is the knockout's general score and "
-                   "the general ability of --score specificity")
+                   "the general ability of --score selectivity")
     p.add_argument("--general-tasks", help="benchmark tasks (built-in names or JSONL, comma-separated) whose mean "
                    "accuracy is a knockout general score")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=32)
@@ -83,10 +86,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--n-corrupt must be within 1..--prefix-len ({args.prefix_len}); got {args.n_corrupt}")
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1; got {args.batch_size}")
-    if args.score == "specificity" and args.method not in BYPASS_METHODS:
-        raise InputError(f"--score specificity applies to {' and '.join(BYPASS_METHODS)}; got --method {args.method}")
-    if args.score == "specificity" and not args.general_data:
-        raise InputError("--score specificity needs --general-data (held-out rows whose mean token NLL measures general ability)")
+    if args.score == "selectivity" and args.method not in BYPASS_METHODS:
+        raise InputError(f"--score selectivity applies to {' and '.join(BYPASS_METHODS)}; got --method {args.method}")
+    if args.score == "selectivity" and not args.general_data:
+        raise InputError("--score selectivity needs --general-data (held-out rows whose mean token NLL measures general ability)")
     if args.truth is not None:
         try:
             sites.parse_component(args.truth)
@@ -110,8 +113,11 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device)
     rows = rows if rows is not None else load_rows(args.data, tokenizer=model.tokenizer)
     validate_for_model(rows, args.prefix_len, model)
-    for other in extra.values():
-        validate_for_model(other, args.prefix_len, model)
+    for key, extra_rows in extra.items():
+        try:  # held-out rows need no prefix: only at least two tokens per row
+            validate_for_model(extra_rows, args.prefix_len if key == "other_data" else 1, model)
+        except InputError as err:
+            raise InputError(f"--{key.replace('_', '-')} {getattr(args, key)}: {err}") from None
     _check_knockout(ks, args.method, model)
     truth = _truth(args)
     if truth is not None:
@@ -150,23 +156,34 @@ def _check_truth_fits(truth: str, model) -> None:
 
 
 def compute(model, rows, args: argparse.Namespace, general_rows=None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """The ranking and the raw tables of ``args.method`` (``general_rows``: for ``--score specificity``)."""
+    """The ranking and the raw tables of ``args.method`` (``general_rows``: for ``--score selectivity``)."""
     P, bs, show = args.prefix_len, args.batch_size, not args.no_progress
     if args.method in BYPASS_METHODS:
+        if args.score == "selectivity":  # refuse undefined fractions before any sweep
+            base = evaluate(model, rows, P, batch_size=bs)
+            general_base = localize.token_nll_per_row(model, general_rows, batch_size=bs)
+            localize.check_selectivity_baseline(float(base["exact_match"].mean()), float(general_base.mean()),
+                                                int(model.cfg.d_vocab))  # fmt: skip
         if args.method == "block-bypass":
             df = sweep(model, rows, P, batch_size=bs, progress=show)
             configs, base, tables = df[df.config != "baseline"], df[df.config == "baseline"], {"sequences.parquet": df}
         else:
-            base = evaluate(model, rows, P, batch_size=bs)
+            base = base if args.score == "selectivity" else evaluate(model, rows, P, batch_size=bs)
             configs = localize.head_bypass_sweep(model, rows, P, batch_size=bs, progress=show)
             tables = {"heads.parquet": pd.concat([base.assign(config="baseline"), configs], ignore_index=True)}
         if args.score == "necessity":
             return localize.rank_by_bypass(configs, base, args.method), tables
         components = list(dict.fromkeys(configs["config"]))
-        general = localize.general_nll_by_component(model, general_rows, components, batch_size=bs, progress=show)
-        table = localize.specificity(configs, base, general, n_logits=int(model.cfg.d_vocab))
-        tables["specificity.csv"] = table.assign(baseline_mean_token_nll=general.mean_token_nll.iloc[0])
-        return localize.rank_by_specificity(table, f"{args.method}:specificity"), tables
+        general = localize.general_nll_by_component(model, general_rows, components, batch_size=bs, progress=show,
+                                                    baseline=general_base)  # fmt: skip
+        n_logits = int(model.cfg.d_vocab)
+        table = localize.selectivity(configs, base, general, n_logits=n_logits)
+        tables["selectivity.csv"] = table.assign(baseline_exact_match=float(base["exact_match"].mean()),
+                                                 baseline_mean_token_nll=float(general_base.mean()))  # fmt: skip
+        tables["general_nll.parquet"] = general
+        boot = localize.selectivity_bootstrap(configs, base, general, n_logits, n_boot=N_BOOT, seed=args.seed)
+        tables["selectivity_bootstrap.csv"] = boot
+        return localize.rank_by_selectivity(table, f"{args.method}:selectivity"), tables
     runs = patching.prepare_runs(model, rows, P, n_corrupt=args.n_corrupt, seed=args.seed, batch_size=bs)
     if args.method == "patching":
         df = patching.patch(model, rows, P, runs=runs, batch_size=bs * 4, progress=show)
@@ -185,7 +202,8 @@ def _config(args: argparse.Namespace, model, rows, truth: str | None) -> dict:
     return {
         "command": "localize",
         "method": args.method,
-        "score": args.score,
+        "score": args.score if args.method in BYPASS_METHODS else None,
+        "bootstrap_resamples": N_BOOT if args.score == "selectivity" else None,
         "model": str(args.model),
         "model_name": model_name(model),
         "data": str(args.data),
@@ -201,5 +219,6 @@ def _config(args: argparse.Namespace, model, rows, truth: str | None) -> dict:
         "knockout_how": args.knockout_how,
         "other_data": args.other_data,
         "general_data": args.general_data,
+        "general_data_sha256": hashlib.sha256(Path(args.general_data).read_bytes()).hexdigest() if args.general_data else None,
         "general_tasks": args.general_tasks,
     }

@@ -147,7 +147,7 @@ def cmd_heldout(args) -> int:
     from transformers import AutoTokenizer
 
     from interp.models import resolve_source
-    from interp.organism import organism_path
+    from interp.organism import corpus, organism_path
     from interp.organism.evaluate import N_HELDOUT_BLOCKS
     from interp.organism.train import heldout_blocks
 
@@ -158,11 +158,20 @@ def cmd_heldout(args) -> int:
     if n_blocks < 1:
         raise InputError(f"--blocks must be at least 1; got {n_blocks}")
     out = _checked_npy_out(args.out)
-    n_ctx = int(json.loads((folder / "manifest.json").read_text())["config"]["n_ctx"])
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        n_ctx, trained_on = int(manifest["config"]["n_ctx"]), manifest["corpus"]["fingerprint"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise InputError(f"{folder}/manifest.json does not record config.n_ctx and corpus.fingerprint ({err!r})") from None
+    here = corpus.corpus_fingerprint()
+    if here != trained_on:
+        log.warning("this Python's standard library differs from the one %s was trained on: the held-out files are "
+                    "still never trained on, but their text is not the one behind the recorded perplexity", folder.name)  # fmt: skip
     rows = heldout_blocks(AutoTokenizer.from_pretrained(folder), n_ctx, n_blocks)
     if len(rows) < n_blocks:
         raise InputError(f"the held-out corpus has only {len(rows)} blocks of {n_ctx} tokens; asked for --blocks {n_blocks}")
-    meta = {"split": "heldout", "n_rows": int(rows.shape[0]), "row_len": n_ctx, "model": str(folder)}
+    meta = {"split": "heldout", "n_rows": int(rows.shape[0]), "row_len": n_ctx, "model": str(folder),
+            "corpus_fingerprint": here, "same_corpus_as_training": here == trained_on}  # fmt: skip
     _atomic_write(out, lambda f: np.save(f, rows, allow_pickle=False))
     _atomic_write(out.with_suffix(".json"), lambda f: f.write(json.dumps(meta, indent=1).encode()))
     log.info("wrote %d held-out rows of %d tokens to %s", *rows.shape, out)
