@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--figures", default=str(ROOT / "figures"))
     p.add_argument("--archs", default=",".join(ARCHS))
     p.add_argument("--limit", type=int, default=50,
-                   help="items per benchmark task (default 50, to keep the job near 5 minutes on 2 cores; 0 = all)")
+                   help="items per benchmark task (default 50, to keep the job near 6 minutes on 2 cores; 0 = all)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
