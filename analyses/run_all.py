@@ -94,7 +94,8 @@ def localize_step(arch: str, results: Path, progress: list[str]) -> list[Path]:
         out = results / "localize" / arch / name
         if not done(out, "ranking.csv", tag):
             # knocking out the top component: its effect on the injected canaries (target), on the
-            # other memorized canaries (other) and on two built-in tasks (general)
+            # other memorized canaries (other) and on two built-in tasks (general; the selectivity
+            # runs add the held-out NLL, which their ranking was selected on)
             knockout = ["--knockout", "1", "--other-data", str(other), "--general-tasks", KNOCKOUT_TASKS]
             cli(["localize", "--model", f"organism:{arch}-injected", "--data", str(data), "--prefix-len",
                  str(prefix_len), "--method", method, "--out", str(out), *knockout, *extra, *progress])  # fmt: skip

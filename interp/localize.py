@@ -235,6 +235,11 @@ def check_selectivity_baseline(em0: float, nll0: float, n_logits: int) -> None:
                          f"guess's (log {n_logits} = {math.log(n_logits):.3g}), so the general ability a bypass costs is undefined")  # fmt: skip
 
 
+def _selectivity_score(em0, em_c, nll0, nll_c, n_logits: int):
+    """m - g of docs/selectivity.md, elementwise over ``em_c`` / ``nll_c`` (scalars or arrays)."""
+    return (em0 - em_c) / em0 - (nll_c - nll0) / (math.log(n_logits) - nll0)
+
+
 def general_nll_by_component(
     model,
     rows: np.ndarray,
@@ -285,12 +290,12 @@ def selectivity(sweep_df: pd.DataFrame, baseline: pd.DataFrame, general: pd.Data
     missing = [c for c in means.index if c not in nll.index]
     if missing:
         raise ValueError(f"general NLL missing for components {missing}")
-    log_v = math.log(n_logits)
-    m = (em0 - means["exact_match"].to_numpy()) / em0
-    g = (nll.reindex(means.index).to_numpy(float) - nll0) / (log_v - nll0)
+    em_c, nll_c = means["exact_match"].to_numpy(), nll.reindex(means.index).to_numpy(float)
+    m = (em0 - em_c) / em0
+    g = (nll_c - nll0) / (math.log(n_logits) - nll0)
     return pd.DataFrame(
-        {"component": means.index, "exact_match": means["exact_match"].to_numpy(), "memorization_lost": m,
-         "mean_token_nll": nll.reindex(means.index).to_numpy(float), "general_lost": g, "score": m - g,
+        {"component": means.index, "exact_match": em_c, "memorization_lost": m, "mean_token_nll": nll_c,
+         "general_lost": g, "score": _selectivity_score(em0, em_c, nll0, nll_c, n_logits),
          "nll_increase": means["suffix_nll"].to_numpy() - baseline["suffix_nll"].mean()}
     )[SELECTIVITY_COLUMNS]  # fmt: skip
 
@@ -327,14 +332,13 @@ def selectivity_bootstrap(
         rng = np.random.default_rng(seed)
         samples = [(rng.integers(0, em.shape[1], em.shape[1]), rng.integers(0, gen.shape[1], gen.shape[1]))
                    for _ in range(n_boot)]  # fmt: skip
-    log_v, comp_label = math.log(n_logits), np.asarray(comps)
+    comp_label = np.asarray(comps)
     ranks, scores = [], []
     for t, r in samples:
         em0 = em0_rows[t].mean()
         if not em0 > 0:
             continue
-        nll0 = gen0[r].mean()
-        score = (em0 - em[:, t].mean(1)) / em0 - (gen[:, r].mean(1) - nll0) / (log_v - nll0)
+        score = _selectivity_score(em0, em[:, t].mean(1), gen0[r].mean(), gen[:, r].mean(1), n_logits)
         tie = snll[:, t].mean(1) - snll0_rows[t].mean()
         order = np.lexsort((comp_label, -tie, -score))  # as rank(): score desc, tie-break desc, label asc
         rank_of = np.empty(len(comps), int)
