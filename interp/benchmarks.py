@@ -45,6 +45,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp import tasks as task_registry
+from interp.data import json_type, read_lines
 from interp.errors import InputError
 from interp.generation import batches
 from interp.interventions import Intervention, apply
@@ -85,12 +86,11 @@ class Task:
 def load_task(path: str | Path, *, name: str | None = None, kind: str = "user") -> Task:
     """Read a JSONL task file; the task is named after the file's stem unless ``name`` is given."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"task path {str(path)!r} is a folder; expected a .jsonl file")
     if not path.is_file():
         raise InputError(f"task file {str(path)!r} does not exist")
-    items = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            items.append(_parse_item(line, f"{path}:{lineno}"))
+    items = [_parse_item(line, f"{path}:{lineno}") for lineno, line in read_lines(path, "task file")]
     if not items:
         raise InputError(f"task file {str(path)!r} holds no items")
     return Task(name or path.stem, tuple(items), kind)
@@ -103,17 +103,35 @@ def _parse_item(line: str, where: str) -> Item:
         raise InputError(f"{where} is not valid JSON ({err.msg})") from None
     expected = 'expected {"context": str, "choices": [str, ...], "gold": int}'
     if not isinstance(obj, dict):
-        raise InputError(f"{where}: {expected}; found {type(obj).__name__}")
-    ctx, choices, gold = obj.get("context"), obj.get("choices"), obj.get("gold")
-    if not isinstance(ctx, str) or not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
-        raise InputError(f"{where}: {expected}; found keys {sorted(obj)}")
-    if len(choices) < 2 or any(c == "" for c in choices):
+        raise InputError(f"{where}: {expected}; found {json_type(obj)}")
+    missing = [k for k in ("context", "choices", "gold") if k not in obj]
+    if missing:
+        raise InputError(f"{where}: {expected}; {', '.join(map(repr, missing))} missing (found keys {sorted(obj)})")
+    ctx, choices, gold = obj["context"], obj["choices"], obj["gold"]
+    if not isinstance(ctx, str):
+        raise InputError(f"{where}: context must be a string; found {json_type(ctx)}")
+    if not isinstance(choices, list):
+        raise InputError(f"{where}: choices must be a list of strings; found {json_type(choices)}")
+    bad = next((i for i, c in enumerate(choices) if not isinstance(c, str)), None)
+    if bad is not None:
+        raise InputError(f"{where}: choices must be a list of strings; choice {bad} is {json_type(choices[bad])}")
+    if len(choices) < 2:
         raise InputError(f"{where}: needs at least two non-empty choices; found {choices!r}")
+    if "" in choices:
+        raise InputError(f"{where}: choice {choices.index('')} is empty; needs at least two non-empty choices")
+    first = {}
+    for i, c in enumerate(choices):
+        if c in first:
+            raise InputError(
+                f"{where}: choices {first[c]} and {i} are both {c!r}; expected distinct choices "
+                "(identical choices get identical scores, so the model cannot tell them apart)"
+            )
+        first[c] = i
     if not isinstance(gold, int) or isinstance(gold, bool) or not 0 <= gold < len(choices):
-        raise InputError(f"{where}: gold must be an integer index into the {len(choices)} choices; found {gold!r}")
+        raise InputError(f"{where}: gold must be an integer index into the {len(choices)} choices; found {json_type(gold)}")
     delimiter = obj.get("delimiter", "")
     if not isinstance(delimiter, str):
-        raise InputError(f"{where}: delimiter must be a string; found {delimiter!r}")
+        raise InputError(f"{where}: delimiter must be a string; found {json_type(delimiter)}")
     return Item(ctx, tuple(choices), gold, delimiter)
 
 
@@ -163,8 +181,33 @@ def encode_pair(tokenizer, context: str, continuation: str) -> Request:
 
 
 def task_requests(tokenizer, task: Task) -> list[Request]:
-    """One request per (item, choice), item-major."""
-    return [encode_pair(tokenizer, it.context, c) for it in task.items for c in it.choices]
+    """One request per (item, choice), item-major; ``InputError`` for a choice with nothing to score."""
+    return [
+        _checked_request(encode_pair(tokenizer, it.context, c), task, i, j)
+        for i, it in enumerate(task.items)
+        for j, c in enumerate(it.choices)
+    ]
+
+
+def _checked_request(req: Request, task: Task, i: int, j: int) -> Request:
+    """``req`` for choice ``j`` of item ``i`` (0-based), refused where its context or
+    continuation encodes to no tokens (the harness asserts both are non-empty)."""
+    ctx, cont = req
+    if ctx and cont:
+        return req
+    item = task.items[i]
+    where = f"task {task.name!r} item {i} (0-based), choice {j} {_clip(item.choices[j])}"
+    context = _clip(item.context)
+    if not ctx and not cont:
+        raise InputError(f"{where}: the context {context} and the choice together encode to no tokens")
+    if not cont:
+        raise InputError(f"{where}: the choice adds no tokens to the encoding of the context {context}")
+    raise InputError(f"{where}: the context {context} encodes to no tokens, so nothing predicts the choice")
+
+
+def _clip(text: str, n: int = 40) -> str:
+    """``repr`` of ``text``, shortened to about ``n`` characters for a message."""
+    return repr(text) if len(text) <= n else repr(text[: n - 3]) + "..."
 
 
 # ---------------------------------------------------------------- scoring
@@ -175,13 +218,16 @@ def _model_input(req: Request, n_ctx: int, where: str) -> tuple[list[int], list[
     ctx, cont = req
     if not cont:
         raise InputError(f"{where}: the continuation encodes to no tokens")
+    if not ctx:
+        raise InputError(f"{where}: the context encodes to no tokens, so nothing predicts the continuation's first token")
     if len(cont) > n_ctx:
         raise InputError(f"{where}: the continuation has {len(cont)} tokens, more than the context length {n_ctx}")
     return (ctx + cont)[-(n_ctx + 1) :][:-1], cont
 
 
 def check_requests(model, requests: Sequence[Request], what: str = "request") -> None:
-    """Raise ``InputError`` if a continuation is empty or longer than the model's context."""
+    """Raise ``InputError`` if a context or continuation is empty, or a continuation is longer
+    than the model's context."""
     n_ctx = int(model.cfg.n_ctx)
     for i, r in enumerate(requests):
         _model_input(r, n_ctx, f"{what} {i}")

@@ -167,16 +167,127 @@ def test_joined_table_with_hand_made_memorization():
 
 
 @pytest.mark.parametrize("line, match", [
-    ("not json", "not valid JSON"),
-    ('{"context": "x", "choices": [" a"], "gold": 0}', "two non-empty"),
-    ('{"context": "x", "choices": [" a", " b"], "gold": 2}', "gold"),
-    ('{"context": 3, "choices": [" a", " b"], "gold": 0}', "expected"),
+    ("not json", "is not valid JSON"),
+    ('{"context": "x", "choices": [" a"], "gold": 0}', r"needs at least two non-empty choices; found \[' a'\]"),
+    ('{"context": "x", "choices": [" a", " b"], "gold": 2}', r"gold must be an integer index into the 2 choices; found integer 2"),
+    ('{"context": "x", "choices": [" a", " b"], "gold": -1}', r"gold must be an integer index into the 2 choices; found integer -1"),
+    ('{"context": "x", "choices": [" a", " b"], "gold": true}', r"gold must be an integer index .*; found boolean true"),
+    ('{"context": "x", "choices": [" a", " b"], "gold": 1.0}', r"gold must be an integer index .*; found number 1\.0"),
+    ('{"context": "x", "choices": [" a", " b"], "gold": "1"}', r"gold must be an integer index .*; found string \"1\""),
+    ('{"context": "x", "choices": [" a", " b"], "gold": null}', r"gold must be an integer index .*; found null"),
+    ('{"context": 3, "choices": [" a", " b"], "gold": 0}', r"context must be a string; found integer 3"),
+    ('{"context": 5, "choices": [" a", " b"], "gold": 0}', r"context must be a string; found integer 5"),
+    ('{"context": null, "choices": [" a", " b"], "gold": 0}', r"context must be a string; found null"),
+    ('{"context": ["x"], "choices": [" a", " b"], "gold": 0}', r"context must be a string; found array"),
+    ('{"context": "x", "choices": " a b", "gold": 0}', r"choices must be a list of strings; found string"),
+    ('{"context": "x", "choices": {"a": 1}, "gold": 0}', r"choices must be a list of strings; found object"),
+    ('{"context": "x", "choices": [" a", 2], "gold": 0}', r"choices must be a list of strings; choice 1 is integer 2"),
+    ('{"context": "x", "choices": [" a", [" b"]], "gold": 0}', r"choices must be a list of strings; choice 1 is array"),
+    ('{"context": "x", "choices": [" a", null], "gold": 0}', r"choices must be a list of strings; choice 1 is null"),
+    ('{"context": "x", "choices": [" a", ""], "gold": 0}', r"choice 1 is empty"),
+    ('{"context": "x", "choices": [" a", " b", " a"], "gold": 0}', r"choices 0 and 2 are both ' a'; expected distinct choices"),
+    ('{"context": "x", "choices": [" b", " b"], "gold": 1}', r"choices 0 and 1 are both ' b'"),
+    ('{"context": "x", "choices": [" a", " b"], "gold": 0, "delimiter": 1}', r"delimiter must be a string; found integer 1"),
+    ('{"choices": [" a", " b"], "gold": 0}', r"expected \{.*\}; 'context' missing \(found keys \['choices', 'gold'\]\)"),
+    ('{"context": "x", "choices": [" a", " b"]}', r"expected \{.*\}; 'gold' missing"),
+    ('[1, 2]', r"expected \{.*\}; found array \[1, 2\]"),
+    ('7', r"expected \{.*\}; found integer 7"),
 ])  # fmt: skip
 def test_bad_task_file_is_an_input_error(tmp_path, line, match):
     path = tmp_path / "bad.jsonl"
-    path.write_text(line + "\n")
-    with pytest.raises(InputError, match=match):
+    path.write_text('{"context": "ok", "choices": [" a", " b"], "gold": 0}\n\n' + line + "\n")
+    with pytest.raises(InputError, match=r"bad\.jsonl:3:? " + match):
         B.load_task(path)
+
+
+def test_bad_task_files_as_a_whole(tmp_path):
+    (tmp_path / "x.jsonl").write_bytes(b'{"context": "caf\xe9", "choices": [" a", " b"], "gold": 0}\n')
+    with pytest.raises(InputError, match=r"x\.jsonl:1 is not UTF-8 text \(byte 0xe9"):
+        B.load_task(tmp_path / "x.jsonl")
+    (tmp_path / "dir.jsonl").mkdir()
+    with pytest.raises(InputError, match=r"task path '.*dir\.jsonl' is a folder; expected a \.jsonl file"):
+        B.resolve_tasks(str(tmp_path / "dir.jsonl"))
+    (tmp_path / "e.jsonl").write_text("\n  \n")
+    with pytest.raises(InputError, match=r"task file '.*e\.jsonl' holds no items"):
+        B.load_task(tmp_path / "e.jsonl")
+
+
+def test_valid_task_file_loads_the_same_items(tmp_path):
+    lines = [
+        {"context": "a\u2028b", "choices": [" x", " y\x85z"], "gold": 1},
+        {"context": "", "choices": [" 1", " 2", " 3"], "gold": 2, "delimiter": " ", "source": "extra keys are ignored"},
+    ]
+    body = "\ufeff" + "\r\n".join(json.dumps(x, ensure_ascii=False) for x in lines) + "\r\n"
+    (tmp_path / "ok.jsonl").write_bytes(body.encode("utf-8"))
+    task = B.load_task(tmp_path / "ok.jsonl")
+    assert task.name == "ok" and task.kind == "user"
+    assert task.items == (B.Item("a\u2028b", (" x", " y\x85z"), 1), B.Item("", (" 1", " 2", " 3"), 2, " "))
+
+
+@pytest.fixture(scope="module")
+def neox_tok(tiny_dirs):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_dirs["neox"]))
+
+
+def test_choice_that_adds_no_tokens_is_refused_with_task_and_item(neox_tok):
+    enc = lambda s: neox_tok.encode(s, add_special_tokens=False)  # noqa: E731
+    word = next(w for w in ["import", "return", "self", "def", "class", "print"] if len(enc(w)) == 1)
+    # the context is the word without its last letter; the word is one token, so the choice adds none
+    task = B.Task("merge", (ITEMS[0], B.Item(word[:-1], (word[-1], " other"), 0)))
+    with pytest.raises(InputError, match=rf"task 'merge' item 1 \(0-based\), choice 0 '{word[-1]}': the choice adds no tokens to the encoding of the context '{word[:-1]}'"):
+        B.task_requests(neox_tok, task)
+    empty = B.Task("empty", (B.Item("x =", (" 1", ""), 0),))  # built directly, not loaded
+    with pytest.raises(InputError, match=r"task 'empty' item 0 \(0-based\), choice 1 '': the choice adds no tokens"):
+        B.task_requests(neox_tok, empty)
+
+
+class _DigitBlindTokenizer:
+    """Encodes letters only: a context of digits encodes to nothing."""
+
+    eos_token_id = 0
+
+    def encode(self, text, add_special_tokens=False):
+        return [ord(c) for c in text if c.isalpha()]
+
+
+def test_context_that_encodes_to_nothing_is_refused():
+    tok = _DigitBlindTokenizer()
+    assert B.task_requests(tok, B.Task("ok", (B.Item("ab", (" c", " d"), 0),))) == [([97, 98], [99]), ([97, 98], [100])]
+    both = B.Task("digits", (B.Item("ab", (" c", " d"), 0), B.Item("12", (" 3", " d"), 1)))
+    with pytest.raises(InputError, match=r"task 'digits' item 1 \(0-based\), choice 0 ' 3': the context '12' and the choice together encode to no tokens"):
+        B.task_requests(tok, both)
+    ctx_only = B.Task("digits", (B.Item("12", (" c", " d"), 1),))
+    with pytest.raises(InputError, match=r"task 'digits' item 0 \(0-based\), choice 0 ' c': the context '12' encodes to no tokens"):
+        B.task_requests(tok, ctx_only)
+
+
+def test_check_requests_refuses_empty_context_or_continuation():
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(cfg=SimpleNamespace(n_ctx=8))
+    B.check_requests(model, [([1], [2, 3])], "task 't'")
+    with pytest.raises(InputError, match=r"task 't' 1: the context encodes to no tokens"):
+        B.check_requests(model, [([1], [2]), ([], [2])], "task 't'")
+    with pytest.raises(InputError, match=r"task 't' 0: the continuation encodes to no tokens"):
+        B.check_requests(model, [([1], [])], "task 't'")
+    with pytest.raises(InputError, match=r"request 0: the continuation has 9 tokens, more than the context length 8"):
+        B.check_requests(model, [([1], list(range(9)))])
+
+
+@pytest.mark.parametrize("arch", ["neox", "neo"])
+def test_shipped_tasks_encode_with_the_organism_tokenizer(arch):
+    from transformers import AutoTokenizer
+
+    from interp.organism import organism_path
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(organism_path(arch)))
+    except InputError as err:
+        pytest.skip(f"organism {arch!r} is not shipped: {err}")
+    for t in B.resolve_tasks(",".join(T.BUILTIN)):
+        assert len(B.task_requests(tok, t)) == sum(len(it.choices) for it in t.items)
 
 
 def test_shipped_tasks_load_with_enough_items():
