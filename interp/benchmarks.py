@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from interp import tasks as task_registry
 from interp.data import json_type, read_lines
-from interp.errors import InputError
+from interp.errors import InputError, check_finite
 from interp.generation import batches
 from interp.interventions import Intervention, apply
 
@@ -276,6 +276,7 @@ def _score_batch(model, batch: list[tuple[list[int], list[int]]]) -> tuple[np.nd
 
 def _continuation_score(logits: Float[Tensor, "cont vocab"], cont: Int[Tensor, " cont"]) -> tuple[float, bool]:
     """Logits at position t predict token t+1, so row j of ``logits`` scores ``cont[j]``."""
+    check_finite(logits, "logits for a benchmark continuation")
     logp = torch.log_softmax(logits.float(), dim=-1).cpu()
     score = logp.gather(1, cont[:, None]).sum(dtype=torch.float64)
     return float(score), bool((logp.argmax(-1) == cont).all())

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from interp import metrics, sites
 from interp.data import validate_for_model
-from interp.errors import InputError
+from interp.errors import InputError, check_finite
 from interp.generation import batches, greedy_generate, teacher_forced_logits
 from interp.interventions import AttentionBypass, Hook, Intervention, ZeroAblation, self_attention_hooks
 from interp.memorization import decode_plan, evaluate, metrics_frame
@@ -79,6 +79,7 @@ def every_head_tf_stats(
         chunk = tokens[sl]
         inp = chunk[:, :-1].repeat(H, 1).to(model.cfg.device)
         logits = model.run_with_hooks(inp, fwd_hooks=_every_head_bypass_hooks(layer, H, len(chunk)))
+        check_finite(logits, f"logits with a head of block {layer} bypassed")
         logits = logits[:, prefix_len - 1 :].float().view(H, len(chunk), T, -1)
         for h in range(H):
             for k, v in _tf_stats(logits[h], chunk[:, prefix_len:].to(logits.device)).items():
@@ -468,6 +469,7 @@ def token_nll_per_row(
     out = []
     for sl in batches(len(tokens), batch_size):
         logits = teacher_forced_logits(model, tokens[sl, :-1], interventions, batch_size=batch_size)
+        check_finite(logits, "logits on the held-out rows")
         out.append(-torch.log_softmax(logits.double(), -1).gather(-1, tokens[sl, 1:, None])[..., 0].mean(1))
     return torch.cat(out).numpy()
 

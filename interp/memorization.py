@@ -9,6 +9,10 @@ mean and a 95% percentile bootstrap interval of each metric per config.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,10 +26,13 @@ from transformers.cache_utils import DynamicLayer
 
 from interp import metrics, sites
 from interp.data import validate_for_model
-from interp.errors import InputError
+from interp.errors import InputError, check_finite
 from interp.generation import batches, cached_step, concat_caches, greedy_generate
 from interp.interventions import AttentionBypass, Intervention, RowGroups, apply
-from interp.results import write_parquet
+from interp.fingerprint import file_sha256
+from interp.results import write_bytes, write_json
+
+log = logging.getLogger(__name__)
 
 METRICS = (
     "exact_match",
@@ -114,6 +121,7 @@ def _tf_batch(model, tokens: Tensor, prefix_len: int, *, keep_cache: bool) -> tu
         logits, cache = model(x, return_type="logits_and_cache", use_cache=True, logits_to_keep=T)
     else:
         logits, cache = model(x, return_type="logits", logits_to_keep=T), None
+    check_finite(logits, "logits in a teacher-forced pass")
     stats = metrics.teacher_forced_summary(logits, tokens[:, prefix_len:].to(device))
     return {k: v.cpu() for k, v in stats.items()}, cache
 
@@ -304,7 +312,9 @@ def _joint_decode(model, batch: Tensor, prefix_len: int, configs, plans: dict, o
 def block_configs(model, blocks: Sequence[int] | None = None) -> dict[str, list[Intervention]]:
     """``{"baseline": [], "block:L": [AttentionBypass(L)], ...}`` for ``blocks`` (default: all)."""
     n = int(model.cfg.n_layers)
-    blocks = range(n) if blocks is None else blocks
+    blocks = range(n) if blocks is None else list(blocks)
+    if len(set(blocks)) != len(blocks):
+        raise InputError(f"blocks {list(blocks)} name a block more than once; a selection is a set")
     configs: dict[str, list[Intervention]] = {"baseline": []}
     for layer in blocks:
         AttentionBypass(layer).hooks(model)  # validates the block index against the model
@@ -343,20 +353,63 @@ def sweep(
         for i, sl in enumerate(chunks):
             parts = {name: None if checkpoint is None else Path(checkpoint) / f"{name.replace(':', '_')}__{i:05d}.parquet"
                      for name in configs}  # fmt: skip
-            todo = [name for name in configs if parts[name] is None or not parts[name].exists()]
+            reused = {name: _read_part(parts[name], name, sl) for name in configs if parts[name] is not None}
+            todo = [name for name in configs if reused.get(name) is None]
             done = evaluate_many(model, rows[sl], prefix_len, {n: configs[n] for n in todo}, batch_size=batch_size,
                                  decode_rows=decode_rows) if todo else {}  # fmt: skip
             for name in configs:
                 if name in done:
                     df = done[name].assign(sequence=done[name].sequence + sl.start, config=name)
                     if parts[name] is not None:
-                        write_parquet(df, parts[name])
+                        _write_part(df, parts[name], name, sl)
                 else:
-                    df = pd.read_parquet(parts[name])
+                    df = reused[name]
                 frames[name].append(df)
                 bar.update()
     out = pd.concat([df for name in configs for df in frames[name]], ignore_index=True)
     return out[["config", *[c for c in out.columns if c != "config"]]]
+
+
+def _part_meta(path: Path) -> Path:
+    return path.with_name(path.name.removesuffix(".parquet") + ".json")
+
+
+def _write_part(df: pd.DataFrame, path: Path, config: str, sl: slice) -> None:
+    """Save a finished part's record (config, row range, sha256 of the file), then the part: a
+    kill between the two leaves a record without its part, which is recomputed, never a part
+    without its record."""
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    data = buf.getvalue()
+    write_json({"config": config, "rows": [sl.start, sl.stop], "sha256": hashlib.sha256(data).hexdigest()}, _part_meta(path))
+    write_bytes(data, path)
+
+
+def _read_part(path: Path, config: str, sl: slice) -> pd.DataFrame | None:
+    """A saved part if it is whole and is the part of ``config`` over rows ``sl``; otherwise None
+    (it is deleted, with a warning, and recomputed): a truncated file, a part copied over
+    another, or one without its record is never reused."""
+    if not path.exists():
+        return None
+    problem = None
+    try:
+        meta = json.loads(_part_meta(path).read_text())
+        if meta != {"config": config, "rows": [sl.start, sl.stop], "sha256": file_sha256(path, cache={})}:
+            problem = "its record does not match it (another part's file, or changed since)"
+        else:
+            df = pd.read_parquet(path)
+            if not ((df["config"] == config).all() and np.array_equal(df["sequence"].to_numpy(), np.arange(sl.start, sl.stop))):
+                problem = "it holds other rows than its name says"
+    except FileNotFoundError:
+        problem = "its record is missing"
+    except Exception as err:  # noqa: BLE001 (JSON, Arrow, OS errors: an unreadable part is recomputed)
+        problem = f"it cannot be read ({type(err).__name__})"
+    if problem is None:
+        return df
+    log.warning("discarding saved part %s: %s; recomputing it", path.name, problem)
+    path.unlink(missing_ok=True)
+    _part_meta(path).unlink(missing_ok=True)
+    return None
 
 
 def bootstrap_ci(values: np.ndarray, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:

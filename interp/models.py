@@ -53,6 +53,61 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec
 
 
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+SAFE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
+
+
+def weights_folder(source: str | os.PathLike, *, allow_pickle: bool = False) -> Path:
+    """The local folder a model is loaded from: the folder itself, the organism's folder, or a
+    hub id's snapshot in the Hugging Face cache (fetched first when the hub can be reached).
+
+    Raises ``InputError`` (one sentence, no retries shown) when a hub id is neither cached nor
+    reachable, and when the folder holds only pickle weights and ``allow_pickle`` is False.
+    """
+    name = resolve_source(source)
+    folder = Path(name) if Path(name).is_dir() else _hub_snapshot(name, allow_pickle)
+    _check_weights_format(folder, allow_pickle)
+    return folder
+
+
+def _hub_snapshot(repo_id: str, allow_pickle: bool) -> Path:
+    import huggingface_hub
+    from huggingface_hub.utils import logging as hub_logging
+
+    patterns = None if allow_pickle else SAFE_PATTERNS
+    try:
+        return Path(huggingface_hub.snapshot_download(repo_id, local_files_only=True, allow_patterns=patterns))
+    except Exception:  # noqa: BLE001 (not cached: any of several hub errors)
+        pass
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    where = f"model {repo_id!r} is neither a local folder nor in the Hugging Face cache"
+    if offline:
+        raise InputError(f"{where}, and HF_HUB_OFFLINE is set; pass a local folder with config.json, weights and tokenizer")
+    hub_log = hub_logging.get_logger()
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its retry notices are not the user's concern
+    try:
+        huggingface_hub.model_info(repo_id, timeout=5)
+    except huggingface_hub.errors.RepositoryNotFoundError:
+        raise InputError(f"{where}, and the hub has no model of that name") from None
+    except Exception as err:  # noqa: BLE001 (no network, DNS, timeout, HTTP error)
+        raise InputError(f"{where}, and the hub cannot be reached ({type(err).__name__}); pass a local folder "
+                         "with config.json, weights and tokenizer") from None  # fmt: skip
+    finally:
+        hub_log.setLevel(level)
+    return Path(huggingface_hub.snapshot_download(repo_id, allow_patterns=patterns))
+
+
+def _check_weights_format(folder: Path, allow_pickle: bool) -> None:
+    """Refuse a folder whose only weights are pickles (loading them can run arbitrary code)."""
+    if any(folder.glob("*.safetensors")) or allow_pickle:
+        return
+    pickles = sorted(p.name for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern))
+    if pickles:
+        raise InputError(f"model folder {str(folder)!r} holds only pickle weights ({pickles[0]}), and unpickling can run "
+                         "arbitrary code; convert them to safetensors, or pass --allow-pickle if you trust the file")  # fmt: skip
+
+
 def load_model(
     source: str | os.PathLike = DEFAULT_MODEL,
     *,
@@ -60,15 +115,18 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     device_map: str | dict | None = None,
     progress: bool = False,
+    allow_pickle: bool = False,
 ) -> TransformerBridge:
     """Return a raw-mode ``TransformerBridge`` in eval mode.
 
     ``source`` is a local HF folder, a hub id, or ``organism[:neox|:neo]``. ``device_map``
     (e.g. ``"auto"``) spreads a large model over several GPUs and excludes ``device``.
-    A hub id that is neither cached nor reachable fails at once with an ``InputError``.
+    A hub id that is neither cached nor reachable fails at once with an ``InputError``; so do
+    pickle-only weights unless ``allow_pickle``, and weights that are not all finite (results
+    computed from them would be numbers that mean nothing).
     ``progress`` shows Hugging Face's weight-loading bar (off by default).
     """
-    name = resolve_source(source)
+    name = str(weights_folder(source, allow_pickle=allow_pickle))
     kwargs: dict = {"dtype": dtype}
     if device_map is not None:
         kwargs["device_map"] = device_map
@@ -78,17 +136,22 @@ def load_model(
         with _quiet_hf(not progress):
             model = TransformerBridge.boot_transformers(name, **kwargs)
     except OSError as err:
-        if Path(name).is_dir():
-            raise InputError(f"model folder {name!r} could not be loaded: {err}") from err
-        raise InputError(
-            f"model {name!r} is neither a local folder nor in the Hugging Face cache, and the hub "
-            "cannot be reached (offline); pass a local folder with config.json, weights and tokenizer"
-        ) from err
+        raise InputError(f"model folder {name!r} could not be loaded: {err}") from err
     model.eval()
+    check_finite_weights(model, str(source))
     family = model_family(model)
     if family not in VERIFIED_FAMILIES:
         log.warning("model family %r is not one of %s; the bypass is only verified there", family, VERIFIED_FAMILIES)
     return model
+
+
+def check_finite_weights(model: TransformerBridge, name: str) -> None:
+    """Raise ``InputError`` naming the first parameter that holds NaN or infinity."""
+    for pname, param in model.original_model.named_parameters():
+        if not torch.isfinite(param).all():
+            bad = int((~torch.isfinite(param)).sum())
+            where = pname.replace("._original_component", "").replace("_original_component.", "")  # the bridge's wrappers
+            raise InputError(f"model {name!r} has {bad} non-finite weights in {where}; its outputs would not be numbers")
 
 
 @contextmanager

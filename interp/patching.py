@@ -47,6 +47,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp.errors import check_finite
 from interp import sites
 from interp.data import validate_for_model
 
@@ -172,9 +173,11 @@ def prepare_runs(
     foils, sums = [], {"clean": dict.fromkeys(PATCH_METRICS, 0.0), "corrupted": dict.fromkeys(PATCH_METRICS, 0.0)}
     for sl in _row_slices(len(rows_t), batch_size):
         corrupted_logits = model(corrupted[sl].to(device), return_type="logits")
+        check_finite(corrupted_logits, "logits on the corrupted rows")
         target = make_target(corrupted_logits, rows_t[sl], prefix_len)
         foils.append(target.foil)
         for run, logits in (("clean", model(clean[sl].to(device), return_type="logits")), ("corrupted", corrupted_logits)):
+            check_finite(logits, f"logits on the {run} rows")
             for k, v in all_metrics(logits, target).items():
                 sums[run][k] += float(v.sum())
     target = SuffixTarget(prefix_len, rows_t[:, prefix_len:], torch.cat(foils))

@@ -55,6 +55,10 @@ def write_parquet(df: pd.DataFrame, path: str | Path) -> Path:
     return _atomic(Path(path), lambda p: df.to_parquet(p, index=False))
 
 
+def write_bytes(data: bytes, path: str | Path) -> Path:
+    return _atomic(Path(path), lambda p: p.write_bytes(data))
+
+
 def write_json(obj, path: str | Path) -> Path:
     return _atomic(Path(path), lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"))
 

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from transformers.activations import ACT2FN
 
 from interp import sites
-from interp.errors import InputError
+from interp.errors import InputError, check_finite
 from interp.interventions import AttentionBypass, apply
 
 log = logging.getLogger(__name__)
@@ -401,6 +401,9 @@ def _bypass_names(layer: int, n_layers: int, sequential: bool) -> set[str]:
 def _run(model, tokens: Tensor, names: set[str], interventions=()) -> tuple[Tensor, dict[str, Tensor]]:
     with apply(model, *interventions):
         logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+    check_finite(logits, "logits" + (" under the bypass" if interventions else ""))
+    for n in names:
+        check_finite(cache[n], f"activations at {n}")
     return logits.detach().to(F64).cpu(), {n: cache[n].detach().to(F64).cpu() for n in names}
 
 
@@ -520,6 +523,8 @@ def theory_tables(
     layers = list(range(n_layers)) if layers is None else [int(x) for x in layers]
     if bad := [x for x in layers if not 0 <= x < n_layers]:
         raise InputError(f"layers {bad} are outside the model's blocks 0..{n_layers - 1}")
+    if len(set(layers)) != len(layers):
+        raise InputError(f"layers {layers} name a block more than once; a selection is a set")
     weights = {k: block_weights(model, k) for k in range(n_layers)}
     final = final_weights(model)
     sequential = any(not w.parallel for w in weights.values())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import math
 import random
 from pathlib import Path
@@ -280,10 +281,32 @@ def test_cli_canaries_bad_input_writes_nothing(tiny_organism, tmp_path, argv):
 
 
 @pytest.mark.parametrize("argv", [["--epochs", "0"], ["--steps", "0"], ["--steps", "3", "--epochs", "5"]])
-def test_cli_train_rejects_bad_steps_and_epochs_before_training(tmp_path, argv):
-    with pytest.raises(InputError, match="steps|epochs"):
-        _organism_cli(["organism", "train", "--arch", "neox", "--out", str(tmp_path / "m"), *argv])
+def test_cli_train_rejects_bad_steps_and_epochs_before_training(tmp_path, argv, capsys):
+    from interp.cli import main
+
+    assert main(["organism", "train", "--arch", "neox", "--out", str(tmp_path / "m"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.search("steps|epochs", err) and err.count("\n") == 0
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["file", "foreign"])
+def test_cli_train_and_inject_never_replace_a_folder_that_is_not_an_organism(tmp_path, kind, capsys):
+    """Saving an organism replaces its --out folder; a user's file or folder there is refused
+    before any training, and left byte for byte as it was."""
+    from interp.cli import main
+
+    out = tmp_path / "out"
+    if kind == "file":
+        out.write_text("mine")
+    else:
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for argv in (["train", "--steps", "1"], ["inject", "--block", "0", "--max-steps", "1"]):
+        assert main(["organism", *argv, "--out", str(out), "--no-progress"]) == 2
+        assert capsys.readouterr().err.strip().count("\n") == 0
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
 def test_organism_path_rejects_unknown_arch():
@@ -357,10 +380,13 @@ def test_cli_heldout_refuses_a_manifest_without_context_length(tmp_path):
 
 @pytest.mark.parametrize("argv", [["--blocks", "0", "--out", "{tmp}/x.npy"], ["--out", "{tmp}/x.txt"],
                                   ["--blocks", "100000", "--out", "{tmp}/x.npy"]])  # fmt: skip
-def test_cli_heldout_bad_input_writes_nothing(tiny_organism, tmp_path, argv):
+def test_cli_heldout_bad_input_writes_nothing(tiny_organism, tmp_path, argv, capsys):
+    from interp.cli import main
+
     argv = [a.format(tmp=tmp_path) for a in argv]
-    with pytest.raises(InputError, match="--blocks|--out"):
-        _organism_cli(["organism", "heldout", "--model", str(tiny_organism), *argv])
+    assert main(["organism", "heldout", "--model", str(tiny_organism), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.search("--blocks|--out", err) and err.count("\n") == 0
     assert list(tmp_path.iterdir()) == []
 
 

@@ -711,14 +711,20 @@ def _figures(argv: list[str]) -> None:
     assert module.main(argv) == 0
 
 
-def test_cli_bad_input_raises_and_writes_nothing(tmp_path):
+def test_cli_bad_input_raises_and_writes_nothing(tmp_path, capsys):
     folder = make_tiny_model(tmp_path / "m", "neox", n_layers=1, d_model=8, n_heads=2, n_ctx=16)
     np.save(tmp_path / "bad.npy", np.zeros((3,), dtype=np.int64))
     out = tmp_path / "out"
     with pytest.raises(InputError):
         _cli(["theory", "--model", str(folder), "--data", str(tmp_path / "bad.npy"), "--out", str(out)])
-    with pytest.raises(InputError, match="prefix-len"):
-        _cli(["theory", "--model", str(folder), "--prefix-len", "0", "--out", str(out)])
+    from interp.cli import main
+
+    assert main(["theory", "--model", str(folder), "--prefix-len", "0", "--out", str(out)]) == 2  # refused by the parser
+    assert "--prefix-len" in capsys.readouterr().err
+    with pytest.raises(InputError, match="longer than the model's context"):
+        _cli(["theory", "--model", str(folder), "--seq-len", "17", "--out", str(out)])
+    with pytest.raises(InputError, match="more than once"):
+        _cli(["theory", "--model", str(folder), "--layers", "0,0", "--out", str(out)])
     with pytest.raises(InputError, match="longer"):
         _cli(["theory", "--model", str(folder), "--seq-len", "8", "--prefix-len", "9", "--out", str(out)])
     assert not out.exists()

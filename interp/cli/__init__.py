@@ -6,19 +6,20 @@ written nothing.
 
 from __future__ import annotations
 
-import argparse
+import errno
 import importlib
 import logging
 import os
 import sys
 
+from interp.cli.common import Parser
 from interp.errors import InputError
 
 SUBCOMMANDS = ["sweep", "bench", "theory", "localize", "organism"]  # modules under interp.cli, each with register(subparsers)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="interp", description=__doc__.splitlines()[0])
+def build_parser() -> Parser:
+    parser = Parser(prog="interp", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMANDS:
@@ -28,13 +29,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # a bad option (one line already on stderr) or --help
+        return int(stop.code or 0)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return int(args.func(args) or 0)
     except InputError as err:
         print(f"interp {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        print(f"interp {args.command}: error: cannot write {err.filename or 'the output'!s} ({err.strerror})", file=sys.stderr)
         return 2
 
 

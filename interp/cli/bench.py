@@ -14,15 +14,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import json
 from pathlib import Path
 
 from interp import results
 from interp.benchmarks import evaluate, joined_table, perplexity_table, resolve_tasks
-from interp.cli.common import add_model_arg, parse_int_list
+from interp.cli.common import add_model_arg, check_unique, claimed_output, parse_int_list, positive_int, record_inputs
 from interp.data import load_rows, validate_for_model
 from interp.errors import InputError
 from interp.memorization import block_configs, summarize, sweep
 from interp.models import load_model, model_name
+from interp.outputs import check_path
 from interp.tasks import BUILTIN
 
 
@@ -35,10 +37,10 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--blocks", help="comma-separated blocks to bypass (default: every block)")
     p.add_argument("--with-memorization", metavar="FILE", help="memorized rows (.npy or .jsonl) to sweep and join")
-    p.add_argument("--prefix-len", type=int, help="prompt tokens of each memorized row (with --with-memorization)")
+    p.add_argument("--prefix-len", type=positive_int, help="prompt tokens of each memorized row (with --with-memorization)")
     p.add_argument("--perplexity", metavar="FILES", help="comma-separated UTF-8 text files: adds perplexity.csv")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--limit", type=int, help="score only the first N items of each task (as lm-eval's --limit)")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--limit", type=positive_int, help="score only the first N items of each task (as lm-eval's --limit)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
@@ -46,12 +48,7 @@ def register(sub) -> None:
 def _check_args(args: argparse.Namespace) -> None:
     if (args.with_memorization is None) != (args.prefix_len is None):
         raise InputError("--with-memorization and --prefix-len must be given together")
-    if args.limit is not None and args.limit < 1:
-        raise InputError(f"--limit must be at least 1; got {args.limit}")
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1; got {args.batch_size}")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise InputError(f"--out {args.out!r} is a file; expected a folder")
+    check_path(args.out)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,19 +58,35 @@ def run(args: argparse.Namespace) -> int:
         tasks = [dataclasses.replace(t, items=t.items[: args.limit]) for t in tasks]
     blocks = parse_int_list(args.blocks, "--blocks")
     texts = _load_texts(args.perplexity)
-    model = load_model(args.model, device=args.device)
-    configs = block_configs(model, blocks)
-    rows = _load_memorized(args, model)
-    kw = {"batch_size": args.batch_size, "progress": not args.no_progress}
-    tables = {"accuracy.csv": evaluate(model, tasks, configs, **kw)}
-    if texts is not None:
-        tables["perplexity.csv"] = perplexity_table(model, texts, configs, **kw)
-    if rows is not None:
-        tables["sequences.parquet"] = sweep(model, rows, args.prefix_len, configs=configs, **kw)
-        tables["memorization.csv"] = summarize(tables["sequences.parquet"])
-    tables["joined.csv"] = joined_table(tables["accuracy.csv"], tables.get("memorization.csv"), tables.get("perplexity.csv"))
-    _write(Path(args.out), tables, _config(args, model, tasks, configs))
+    with claimed_output(args, "bench") as claim:
+        model = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle)
+        configs = block_configs(model, blocks)
+        rows = _load_memorized(args, model)
+        inputs = record_inputs(claim, args.model, _input_files(args), tasks=tasks_digest(tasks))
+        kw = {"batch_size": args.batch_size, "progress": not args.no_progress}
+        tables = {"accuracy.csv": evaluate(model, tasks, configs, **kw)}
+        if texts is not None:
+            tables["perplexity.csv"] = perplexity_table(model, texts, configs, **kw)
+        if rows is not None:
+            tables["sequences.parquet"] = sweep(model, rows, args.prefix_len, configs=configs, **kw)
+            tables["memorization.csv"] = summarize(tables["sequences.parquet"])
+        tables["joined.csv"] = joined_table(tables["accuracy.csv"], tables.get("memorization.csv"), tables.get("perplexity.csv"))
+        _write(claim.folder, tables, _config(args, model, tasks, configs) | {"inputs": inputs})
     return 0
+
+
+def tasks_digest(tasks) -> str:
+    """sha256 of the items the tasks hold (what their accuracies are computed from)."""
+    blob = json.dumps([[t.name, t.kind, [dataclasses.astuple(it) for it in t.items]] for t in tasks])
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _input_files(args: argparse.Namespace) -> dict:
+    """Every file the results are computed from, by role."""
+    files = {"memorization": args.with_memorization}
+    for i, p in enumerate(_perplexity_paths(args.perplexity) if args.perplexity else []):
+        files[f"perplexity:{i}"] = p
+    return files
 
 
 def _write(out: Path, tables: dict, config: dict) -> None:
@@ -96,7 +109,7 @@ def _load_texts(spec: str | None) -> list[str] | None:
     """Contents of the comma-separated text files of ``--perplexity`` (None when absent)."""
     if spec is None:
         return None
-    paths = [Path(p.strip()) for p in spec.split(",") if p.strip()]
+    paths = _perplexity_paths(spec)
     missing = [str(p) for p in paths if not p.is_file()]
     if not paths or missing:
         raise InputError(f"--perplexity must name existing text files; missing: {missing or spec!r}")
@@ -107,6 +120,12 @@ def _load_texts(spec: str | None) -> list[str] | None:
     if not any(t.strip() for t in texts):
         raise InputError(f"--perplexity files {spec!r} hold no text")
     return texts
+
+
+def _perplexity_paths(spec: str) -> list[Path]:
+    paths = [Path(p.strip()) for p in spec.split(",") if p.strip()]
+    check_unique([str(p.resolve()) for p in paths], "--perplexity")
+    return paths
 
 
 def _config(args: argparse.Namespace, model, tasks, configs) -> dict:

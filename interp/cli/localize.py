@@ -37,12 +37,14 @@ from pathlib import Path
 import pandas as pd
 
 from interp import attribution, localize, patching, results, sites
-from interp.cli.common import add_model_arg, parse_int_list
+from interp.cli.bench import tasks_digest
+from interp.cli.common import add_model_arg, claimed_output, nonneg_int, parse_int_list, positive_int, record_inputs
 from interp.benchmarks import resolve_tasks
 from interp.data import load_rows, validate_for_model
 from interp.errors import InputError
 from interp.memorization import evaluate, sweep
 from interp.models import load_model, model_name, resolve_source
+from interp.outputs import check_path
 
 METHODS = ("block-bypass", "head-bypass", "patching", "attribution")
 BYPASS_METHODS = ("block-bypass", "head-bypass")
@@ -54,14 +56,14 @@ def register(sub) -> None:
     p = sub.add_parser("localize", help="rank blocks or heads by responsibility for memorization", description=__doc__)
     add_model_arg(p)
     p.add_argument("--data", required=True, help="memorized rows: 2-D .npy of token ids, or .jsonl")
-    p.add_argument("--prefix-len", type=int, required=True, help="tokens of each row given as the prompt")
+    p.add_argument("--prefix-len", type=positive_int, required=True, help="tokens of each row given as the prompt")
     p.add_argument("--method", required=True, choices=METHODS)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--score", choices=SCORES, default="necessity",
                    help="bypass methods: rank by the exact-match drop (necessity, default) or by memorization lost "
                    "minus general ability lost on --general-data (selectivity)")  # fmt: skip
-    p.add_argument("--n-corrupt", type=int, help="prefix tokens replaced in the corrupted run (default: a quarter)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the corruption and of the selectivity bootstrap (default 0)")
+    p.add_argument("--n-corrupt", type=positive_int, help="prefix tokens replaced in the corrupted run (default: a quarter)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the corruption and of the selectivity bootstrap (default 0)")
     p.add_argument("--direction", choices=patching.DIRECTIONS,
                    help="direction used for the ranking (default: noising for patching, denoising for attribution)")  # fmt: skip
     p.add_argument("--truth", help="true component ('block:L' or 'L{l}H{h}') for Recall@k (default: from manifest.json)")
@@ -72,7 +74,7 @@ def register(sub) -> None:
                    "the general ability of --score selectivity")
     p.add_argument("--general-tasks", help="benchmark tasks (built-in names or JSONL, comma-separated) whose mean "
                    "accuracy is a knockout general score")  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
@@ -84,8 +86,7 @@ def _check_args(args: argparse.Namespace) -> None:
     args.direction = args.direction or DEFAULT_DIRECTION.get(args.method)
     if args.n_corrupt is not None and not 1 <= args.n_corrupt <= args.prefix_len:
         raise InputError(f"--n-corrupt must be within 1..--prefix-len ({args.prefix_len}); got {args.n_corrupt}")
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1; got {args.batch_size}")
+    check_path(args.out)
     if args.score == "selectivity" and args.method not in BYPASS_METHODS:
         raise InputError(f"--score selectivity applies to {' and '.join(BYPASS_METHODS)}; got --method {args.method}")
     if args.score == "selectivity" and not args.general_data:
@@ -110,7 +111,12 @@ def run(args: argparse.Namespace) -> int:
     rows = load_rows(args.data) if str(args.data).endswith(".npy") else None  # fail before loading a model
     extra = {k: load_rows(getattr(args, k)) for k in ("other_data", "general_data") if getattr(args, k)}
     tasks = resolve_tasks(args.general_tasks) if args.general_tasks else []
-    model = load_model(args.model, device=args.device)
+    with claimed_output(args, "localize") as claim:
+        return _run(args, claim, rows, extra, tasks, ks)
+
+
+def _run(args: argparse.Namespace, claim, rows, extra: dict, tasks: list, ks: list[int] | None) -> int:
+    model = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle)
     rows = rows if rows is not None else load_rows(args.data, tokenizer=model.tokenizer)
     validate_for_model(rows, args.prefix_len, model)
     for key, extra_rows in extra.items():
@@ -122,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
     truth = _truth(args)
     if truth is not None:
         _check_truth_fits(truth, model)
+    files = {"data": args.data, "other_data": args.other_data, "general_data": args.general_data}
+    inputs = record_inputs(claim, args.model, files, general_tasks=tasks_digest(tasks))
     ranking, tables = compute(model, rows, args, general_rows=extra.get("general_data"))
     if ks:
         general = [localize.nll_score(extra["general_data"], batch_size=args.batch_size)] if "general_data" in extra else []
@@ -130,13 +138,13 @@ def run(args: argparse.Namespace) -> int:
             model, ranking, ks, args.prefix_len, target_rows=rows, other_rows=extra.get("other_data"),
             general=general, how=args.knockout_how, batch_size=args.batch_size,
         )  # fmt: skip
-    out = Path(args.out)
+    out = claim.folder
     for name, df in tables.items():
         (results.write_csv if name.endswith(".csv") else results.write_parquet)(df, out / name)
     if truth is not None:
         results.write_csv(localize.recall_table(ranking, truth), out / "recall.csv")
     results.write_csv(ranking, out / "ranking.csv")
-    results.write_json(_config(args, model, rows, truth), out / "config.json")
+    results.write_json(_config(args, model, rows, truth) | {"inputs": inputs}, out / "config.json")
     return 0
 
 

@@ -20,6 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from interp.cli.common import nonneg_int, positive_float, positive_int
 from interp.errors import InputError
 from interp.results import publish
 
@@ -38,7 +39,7 @@ def register(subparsers) -> None:
     q = sub.add_parser("canaries", help="export canary token rows as a 2-D int64 .npy (+ .json beside it)")
     _arch_args(q)
     q.add_argument("--model", default=None, help="an organism folder instead of the shipped one")
-    q.add_argument("--duplicates", type=int, default=None,
+    q.add_argument("--duplicates", type=nonneg_int, default=None,
                    help="duplication level D (1, 4, 16, 64) or 0 for held-out canaries; "
                         "with --injected it defaults to the injected canaries")  # fmt: skip
     q.add_argument("--out", required=True, help="output .npy file")
@@ -48,33 +49,33 @@ def register(subparsers) -> None:
                        "context-length rows: the text behind the organism's held-out perplexity")  # fmt: skip
     _arch_args(q)
     q.add_argument("--model", default=None, help="an organism folder instead of the shipped one")
-    q.add_argument("--blocks", type=int, default=None, help="rows (default: the perplexity's, 128)")
+    q.add_argument("--blocks", type=positive_int, default=None, help="rows (default: the perplexity's, 128)")
     q.add_argument("--out", required=True, help="output .npy file")
     q.set_defaults(func=cmd_heldout)
 
     q = sub.add_parser("train", help="train an organism from a seed (progress bar; about 15-40 minutes on 2 CPU cores)")
     q.add_argument("--arch", choices=("neox", "neo"), default="neox")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=nonneg_int, default=0)
     q.add_argument("--out", default=None, help="output folder (default: ./organism-{arch}-seed{seed})")
-    q.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped model's, 4000)")
-    q.add_argument("--epochs", type=int, default=None,
+    q.add_argument("--steps", type=positive_int, default=None, help="training steps (default: the shipped model's, 4000)")
+    q.add_argument("--epochs", type=positive_int, default=None,
                    help="passes over the training set (default: the shipped model's); each canary is in the set D times")
-    q.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    q.add_argument("--threads", type=nonneg_int, default=0, help="torch threads (default: torch's choice)")
     q.add_argument("--no-progress", action="store_true")
     q.set_defaults(func=cmd_train)
 
     q = sub.add_parser("inject", help="inject fresh canaries into one block's attention (or one head) of an organism")
     q.add_argument("--arch", choices=("neox", "neo"), default="neox")
     q.add_argument("--parent", default=None, help="parent organism folder (default: the shipped one)")
-    q.add_argument("--block", type=int, required=True)
-    q.add_argument("--head", type=int, default=None)
-    q.add_argument("--canaries", type=int, default=8, help="number of fresh canaries (default 8)")
-    q.add_argument("--text-blocks", type=int, default=4, help="blocks of normal training text per step (default 4)")
-    q.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (default 1e-2)")
-    q.add_argument("--max-steps", type=int, default=400)
+    q.add_argument("--block", type=nonneg_int, required=True)
+    q.add_argument("--head", type=nonneg_int, default=None)
+    q.add_argument("--canaries", type=positive_int, default=8, help="number of fresh canaries (default 8)")
+    q.add_argument("--text-blocks", type=nonneg_int, default=4, help="blocks of normal training text per step (default 4)")
+    q.add_argument("--lr", type=positive_float, default=1e-2, help="peak learning rate (default 1e-2)")
+    q.add_argument("--max-steps", type=positive_int, default=400)
     q.add_argument("--replay", action="store_true",
                    help="replay the parent's exactly reproduced canaries in every batch (to keep them)")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=nonneg_int, default=0)
     q.add_argument("--out", default=None, help="output folder (default: ./organism-{arch}-injected)")
     q.add_argument("--no-progress", action="store_true")
     q.set_defaults(func=cmd_inject)
@@ -134,12 +135,30 @@ def cmd_canaries(args) -> int:
 
 
 def _checked_npy_out(path: str) -> Path:
-    out = Path(path)
-    if out.suffix != ".npy":
-        raise InputError(f"--out must end in .npy; got {path!r}")
+    """``--out FILE.npy``: new, or a pair (FILE.npy, FILE.json) this command wrote before; a
+    user's own file under either name is never overwritten."""
+    out = Path(path).expanduser()
+    if out.suffix != ".npy" or not out.stem:
+        raise InputError(f"--out must name a file ending in .npy; got {path!r}")
     if not out.parent.is_dir():
         raise InputError(f"the folder of --out ({out.parent}) does not exist")
+    meta = out.with_suffix(".json")
+    for p in (out, meta):
+        if p.is_dir():
+            raise InputError(f"--out {path!r}: {p} is a folder; expected a new file")
+    if (out.exists() or meta.exists()) and not _ours(meta):
+        raise InputError(f"--out {path!r}: {out.name} or {meta.name} exists and was not written by interp organism; "
+                         "choose a new name")  # fmt: skip
     return out
+
+
+def _ours(meta: Path) -> bool:
+    """Whether ``meta`` is the JSON record this command writes beside its rows."""
+    try:
+        record = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and {"model", "row_len"} <= set(record) and ("level" in record or "split" in record)
 
 
 def cmd_heldout(args) -> int:
@@ -192,7 +211,7 @@ def _atomic_write(path: Path, write) -> None:
 def cmd_train(args) -> int:
     import dataclasses
 
-    from interp.organism.train import TrainConfig, train
+    from interp.organism.train import TrainConfig, check_organism_out, train
 
     cfg = TrainConfig(arch=args.arch, seed=args.seed, threads=args.threads)
     for flag, value in (("--steps", args.steps), ("--epochs", args.epochs)):
@@ -202,7 +221,7 @@ def cmd_train(args) -> int:
         cfg = dataclasses.replace(cfg, steps=args.steps or cfg.steps, epochs=args.epochs or cfg.epochs)
     except ValueError as e:
         raise InputError(str(e)) from None
-    out = Path(args.out or f"organism-{args.arch}-seed{args.seed}")
+    out = check_organism_out(args.out if args.out is not None else f"organism-{args.arch}-seed{args.seed}", "organism")
     folder = train(cfg, out, progress=not args.no_progress)
     sys.stdout.write(f"{folder}\n")
     return 0
@@ -215,9 +234,9 @@ def cmd_inject(args) -> int:
     parent = Path(args.parent) if args.parent else organism_path(args.arch)
     if not (parent / "manifest.json").is_file():
         raise InputError(f"parent folder {parent} has no manifest.json; expected an organism folder")
-    out = Path(args.out or f"organism-{args.arch}-injected")
-    if args.canaries < 1 or args.text_blocks < 0 or args.max_steps < 1 or args.lr <= 0:
-        raise InputError("--canaries and --max-steps must be at least 1, --text-blocks at least 0 and --lr positive")
+    from interp.organism.train import check_organism_out
+
+    out = check_organism_out(args.out if args.out is not None else f"organism-{args.arch}-injected", "injected")
     folder = inject(parent, out, block=args.block, head=args.head, n_canaries=args.canaries, n_text=args.text_blocks,
                     lr=args.lr, max_steps=args.max_steps, seed=args.seed, replay=args.replay,
                     progress=not args.no_progress)  # fmt: skip

@@ -19,9 +19,11 @@ import numpy as np
 import torch
 
 from interp import results, theory
-from interp.cli.common import add_model_arg, parse_int_list
+from interp.cli.common import add_model_arg, claimed_output, parse_int_list, positive_int, record_inputs
+from interp.data import load_rows
 from interp.errors import InputError
 from interp.models import load_model, model_name
+from interp.outputs import check_path
 
 log = logging.getLogger(__name__)
 
@@ -30,51 +32,48 @@ def register(sub) -> None:
     p = sub.add_parser("theory", help="check the bypass bounds (B1-B3, block, logits) numerically", description=__doc__)
     add_model_arg(p)
     p.add_argument("--data", help="token rows: 2-D .npy of ids (or .jsonl); default: shipped text")
-    p.add_argument("--prefix-len", type=int, help="use only the first N tokens of each row (default: whole rows)")
-    p.add_argument("--n-rows", type=int, default=8, help="rows taken when --data is not given (default: 8)")
-    p.add_argument("--seq-len", type=int, default=64, help="row length when --data is not given (default: 64)")
+    p.add_argument("--prefix-len", type=positive_int, help="use only the first N tokens of each row (default: whole rows)")
+    p.add_argument("--n-rows", type=positive_int, default=8, help="rows taken when --data is not given (default: 8)")
+    p.add_argument("--seq-len", type=positive_int, default=64,
+                   help="row length when --data is not given (default: 64; at most the model's context)")
     p.add_argument("--layers", help="comma-separated blocks to bypass (default: every block)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    _check_args(args)
+    check_path(args.out)
     layers = parse_int_list(args.layers, "--layers")
-    model = load_model(args.model, device=args.device)
-    rows = _rows(args, model)
-    if args.prefix_len is not None:
-        if args.prefix_len > rows.shape[1]:
-            raise InputError(f"--prefix-len {args.prefix_len} is longer than the rows ({rows.shape[1]} tokens)")
-        rows = rows[:, : args.prefix_len]
-    tables = theory.theory_tables(model, torch.as_tensor(rows), layers, batch_size=args.batch_size, progress=not args.no_progress)
-    summary = theory.summarize(tables)
-    _log_summary(summary)
-    out = Path(args.out)
-    results.write_csv(tables.bounds, out / "bounds.csv")
-    results.write_csv(tables.propagation, out / "propagation.csv")
-    results.write_csv(summary, out / "summary.csv")
-    results.write_json(_config(args, model, rows), out / "config.json")
+    if args.data is not None and str(args.data).endswith(".npy"):
+        load_rows(args.data)  # fail before loading a model
+    with claimed_output(args, "theory") as claim:
+        model = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle)
+        rows = _rows(args, model)
+        if args.prefix_len is not None:
+            if args.prefix_len > rows.shape[1]:
+                raise InputError(f"--prefix-len {args.prefix_len} is longer than the rows ({rows.shape[1]} tokens)")
+            rows = rows[:, : args.prefix_len]
+        inputs = record_inputs(claim, args.model, {"data": args.data})
+        tables = theory.theory_tables(model, torch.as_tensor(rows), layers, batch_size=args.batch_size,
+                                      progress=not args.no_progress)  # fmt: skip
+        summary = theory.summarize(tables)
+        _log_summary(summary)
+        results.write_csv(tables.bounds, claim.folder / "bounds.csv")
+        results.write_csv(tables.propagation, claim.folder / "propagation.csv")
+        results.write_csv(summary, claim.folder / "summary.csv")
+        results.write_json(_config(args, model, rows) | {"inputs": inputs}, claim.folder / "config.json")
     return 0
-
-
-def _check_args(args: argparse.Namespace) -> None:
-    for name in ("prefix_len", "n_rows", "seq_len", "batch_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be at least 1; got {value}")
-    if Path(args.out).is_file():
-        raise InputError(f"--out {args.out!r} is a file; expected a folder")
 
 
 def _rows(args: argparse.Namespace, model) -> np.ndarray:
     if args.data is not None:
-        from interp.data import load_rows
-
         return load_rows(args.data, tokenizer=model.tokenizer)
-    return default_rows(model, args.n_rows, min(args.seq_len, int(model.cfg.n_ctx)))
+    n_ctx = int(model.cfg.n_ctx)
+    if args.seq_len > n_ctx:
+        raise InputError(f"--seq-len {args.seq_len} is longer than the model's context of {n_ctx} tokens")
+    return default_rows(model, args.n_rows, args.seq_len)
 
 
 def default_rows(model, n_rows: int, seq_len: int) -> np.ndarray:

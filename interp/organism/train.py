@@ -360,10 +360,33 @@ def train_loop(model, blocks: np.ndarray, cfg: TrainConfig, *, eval_fn=None, pro
     return curve
 
 
+def check_organism_out(out: str | Path, kind: str) -> Path:
+    """``out`` may be absent, an empty folder, or an organism folder of the same ``kind`` (it is
+    then replaced); anything else (a file, a folder of other files) raises ``InputError``."""
+    from interp.errors import InputError
+
+    text = str(out)
+    if not text.strip():
+        raise InputError("--out is empty; name a folder for the organism")
+    out = Path(text).expanduser()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {text!r} is a file; expected a folder for the organism")
+    if out.is_dir() and any(out.iterdir()):
+        try:
+            found = json.loads((out / "manifest.json").read_text()).get("kind")
+        except (OSError, ValueError, AttributeError):
+            found = None
+        if found != kind:
+            raise InputError(f"--out {text!r} holds files that are not an organism of kind {kind!r}; choose a new or "
+                             "empty folder")  # fmt: skip
+    return out
+
+
 def save_folder(out: Path, model, tokenizer, canary_list, manifest: dict, prefix_len: int, row_len: int) -> Path:
     """Write model, tokenizer, canaries.json and manifest.json to ``out`` atomically (via a
-    temporary sibling folder, so a failure leaves nothing half-written)."""
-    out = Path(out)
+    temporary sibling folder, so a failure leaves nothing half-written). ``out`` may only be
+    absent, empty or an organism of the same kind (``check_organism_out``), which is replaced."""
+    out = check_organism_out(out, manifest["kind"])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     tmp.chmod(0o755)
