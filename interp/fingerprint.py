@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 CACHE_NAME = "file-sha256.json"
 _CHUNK = 1 << 22
+MAX_ENTRIES = 4096
 
 
 def cache_dir() -> Path:
@@ -48,6 +49,8 @@ def _load_cache() -> dict[str, str]:
 def _save_cache(cache: dict[str, str]) -> None:
     from interp.results import write_json
 
+    if len(cache) > MAX_ENTRIES:  # newest last (dicts keep insertion order): drop the oldest
+        cache = dict(list(cache.items())[-MAX_ENTRIES:])
     try:
         write_json(cache, cache_dir() / CACHE_NAME)
     except OSError as err:  # the cache is an optimization only

@@ -51,6 +51,9 @@ def _check_components(model, layers: Sequence[int], heads: Sequence[int] | None,
         bad = [h for h in heads if not 0 <= h < n_heads]
         if bad or not heads:
             raise InputError(f"{what} heads {list(heads)} must be non-empty and within 0..{n_heads - 1}")
+    for name, values in (("layers", layers), ("heads", heads or ())):
+        if len(set(values)) != len(values):
+            raise InputError(f"{what} {name} {list(values)} name one more than once; a selection is a set")
 
 
 def _tuple(xs: int | Sequence[int] | None) -> tuple[int, ...] | None:

@@ -1,8 +1,10 @@
 import os
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["INTERP_CACHE_DIR"] = tempfile.mkdtemp(prefix="interp-cache-")  # file hashes: never the user's cache
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -183,7 +183,8 @@ def test_mean_head_ablation_uses_the_fitted_per_head_mean(bridge, hf, rows, head
 
 @pytest.mark.parametrize(
     "make",
-    [lambda: AttentionBypass(99), lambda: AttentionBypass(0, heads=[99]), lambda: AttentionBypass([]), lambda: ZeroAblation(-1)],
+    [lambda: AttentionBypass(99), lambda: AttentionBypass(0, heads=[99]), lambda: AttentionBypass([]), lambda: ZeroAblation(-1),
+     lambda: AttentionBypass([1, 1]), lambda: AttentionBypass(0, heads=[1, 0, 1])],
 )
 def test_out_of_range_components_are_clear_errors(bridge, make):
     with pytest.raises(InputError, match="layer|heads"):

@@ -474,7 +474,7 @@ def test_selectivity_bad_input_exits_2(planted, run_cli, tmp_path, capsys, extra
         (["--n-corrupt", "99"], "--n-corrupt"),
         (["--truth", "head7"], "--truth"),
         (["--truth", "L9H0"], "not in this model"),
-        (["--prefix-len", "0"], "prefix length"),
+        (["--prefix-len", "0"], "--prefix-len"),
         (["--knockout", "99"], "--knockout"),
         (["--knockout", "1", "--other-data", "/nonexistent/o.npy"], "does not exist"),
     ],

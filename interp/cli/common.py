@@ -70,6 +70,8 @@ def device_arg(text: str) -> str:
             raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise argparse.ArgumentTypeError(f"{text!r} needs Apple's MPS backend, which this machine lacks")
+    elif device.type == "cpu" and device.index not in (None, 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: torch has one cpu device; use cpu")
     elif device.type not in ("cpu", "cuda", "mps"):
         raise argparse.ArgumentTypeError(f"{text!r}: only cpu, cuda and mps devices are supported")
     return str(device)
