@@ -4,8 +4,9 @@ A cached result is reused only while the files it came from are unchanged. A mod
 fingerprint is a sha256 over the names and contents of its files (weights, config, tokenizer),
 so replacing ``model.safetensors`` with another model's changes it. Hashing a multi-GB checkpoint
 takes seconds, so each file's sha256 is remembered in a small JSON cache keyed by the file's
-real path, size, modification time and inode: an unchanged file is not read again, a rewritten
-one is (its modification time or size changes).
+real path, size, modification and change times, inode and device: an unchanged file is not
+read again, a rewritten one is (its change time moves even when ``cp -p`` restores the
+modification time).
 
 The cache lives in ``$INTERP_CACHE_DIR`` (default ``$XDG_CACHE_HOME/interp``, else
 ``~/.cache/interp``); a missing, unreadable or unwritable cache only costs rehashing.
@@ -34,8 +35,8 @@ def cache_dir() -> Path:
 
 
 def _stat_key(path: Path) -> str:
-    st = path.stat()
-    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+    st = path.stat()  # ctime too: `cp -p` or `touch -r` can restore size and mtime, never ctime
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}|{st.st_dev}"
 
 
 def _load_cache() -> dict[str, str]:

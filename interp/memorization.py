@@ -398,7 +398,9 @@ def _read_part(path: Path, config: str, sl: slice) -> pd.DataFrame | None:
             problem = "its record does not match it (another part's file, or changed since)"
         else:
             df = pd.read_parquet(path)
-            if not ((df["config"] == config).all() and np.array_equal(df["sequence"].to_numpy(), np.arange(sl.start, sl.stop))):
+            if missing := {"config", "sequence", *METRICS} - set(df.columns):
+                problem = f"it lacks columns {sorted(missing)} (written by another version)"
+            elif not ((df["config"] == config).all() and np.array_equal(df["sequence"].to_numpy(), np.arange(sl.start, sl.stop))):
                 problem = "it holds other rows than its name says"
     except FileNotFoundError:
         problem = "its record is missing"

@@ -28,6 +28,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -43,8 +44,18 @@ log = logging.getLogger(__name__)
 MARKER = ".interp-results.json"
 LOCK = ".interp-results.lock"
 _OURS = {MARKER, LOCK}
-RESULT_SUFFIXES = (".csv", ".parquet", ".json")
+_TEMP_PREFIXES = (".mark-", ".write-test-")  # another run's short-lived files in the folder
+# every file name a subcommand writes into its --out (only these are ever deleted as stale)
+RESULT_FILES = frozenset({
+    "config.json", "sequences.parquet", "summary.csv", "accuracy.csv", "joined.csv", "memorization.csv",
+    "perplexity.csv", "bounds.csv", "propagation.csv", "ranking.csv", "recall.csv", "heads.parquet",
+    "patching.parquet", "attribution.parquet", "head_patching.parquet", "correlation.csv", "selectivity.csv",
+    "general_nll.parquet", "selectivity_bootstrap.csv", "knockout.csv",
+})  # fmt: skip
+PARTS = "parts"
+STAMPS = frozenset({"weights.sha256"})  # analyses/run_all.py's stamp beside a step's results
 MARK_WAIT_S = 5.0  # how long a second run waits for a just-claimed folder's mark to appear
+_NO_LOCKS = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)  # file systems without flock
 
 
 def check_path(out: str | os.PathLike, flag: str = "--out") -> Path:
@@ -52,7 +63,10 @@ def check_path(out: str | os.PathLike, flag: str = "--out") -> Path:
     text = str(out)
     if not text.strip():
         raise InputError(f"{flag} is empty; name an output folder")
-    path = Path(text).expanduser()
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError as err:  # ~user that does not exist
+        raise InputError(f"{flag} {text!r}: {err}") from None
     if path.exists() and not path.is_dir():
         raise InputError(f"{flag} {text!r} is a file; expected a folder")
     return path
@@ -68,23 +82,43 @@ def _read_mark(folder: Path) -> dict | None:
     return mark if isinstance(mark, dict) else {"kind": "<unreadable>", "key": None}
 
 
+def _entries(folder: Path) -> list[Path]:
+    """The folder's entries, without the mark, the lock and other runs' short-lived files."""
+    return [p for p in folder.iterdir() if p.name not in _OURS and not p.name.startswith(_TEMP_PREFIXES)]
+
+
 def _legacy_kind(folder: Path) -> str | None:
-    """``command`` of a result folder written before marks existed (None otherwise)."""
+    """``command`` of a result folder written before marks existed, holding nothing but result
+    files, parts and stamps (None otherwise)."""
     try:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
         return None
-    return config.get("command") if isinstance(config, dict) and isinstance(config.get("command"), str) else None
+    if not (isinstance(config, dict) and isinstance(config.get("command"), str)):
+        return None
+    known = RESULT_FILES | STAMPS | {PARTS}
+    return config["command"] if all(p.name in known for p in _entries(folder)) else None
 
 
 def _foreign(folder: Path, kind: str, flag: str, shown: str) -> None:
     """Refuse a folder that holds files and no mark (unless it is a legacy result of ``kind``)."""
-    names = sorted(p.name for p in folder.iterdir() if p.name not in _OURS)
-    if not names or _legacy_kind(folder) == kind:
+    names = sorted(p.name for p in _entries(folder))
+    legacy = _legacy_kind(folder)
+    if not names or legacy == kind:
         return
-    what = "a model folder" if (folder / "config.json").is_file() and _legacy_kind(folder) is None else "files interp did not write"
+    if legacy is not None:
+        raise InputError(f"{flag} {shown!r} holds results of 'interp {legacy}', not of 'interp {kind}'; choose another folder")
+    what = "a model folder" if _is_model_folder(folder) else "files interp did not write"
     listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
     raise InputError(f"{flag} {shown!r} holds {what} ({listed}); choose a new or empty folder")
+
+
+def _is_model_folder(folder: Path) -> bool:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and ("model_type" in config or "architectures" in config)
 
 
 def _check_mark(mark: dict, kind: str, key: str, flag: str, shown: str) -> None:
@@ -97,7 +131,8 @@ def _check_mark(mark: dict, kind: str, key: str, flag: str, shown: str) -> None:
 
 
 def _write_mark_exclusive(folder: Path, mark: dict) -> bool:
-    """Create the mark atomically; False if one exists already."""
+    """Create the mark atomically, whole (a hard link of a written file; on a file system without
+    hard links, an exclusive create); False if one exists already."""
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".mark-", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
@@ -106,6 +141,12 @@ def _write_mark_exclusive(folder: Path, mark: dict) -> bool:
             os.link(tmp, folder / MARKER)
         except FileExistsError:
             return False
+        except OSError:
+            try:
+                with open(folder / MARKER, "x") as f:
+                    json.dump(mark, f, sort_keys=True)
+            except FileExistsError:
+                return False
         return True
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -139,11 +180,20 @@ class Claim:
 
 
 def clear_results(folder: Path) -> None:
-    """Delete the results interp writes in a claimed folder: ``parts/`` and top-level tables/configs."""
-    shutil.rmtree(folder / "parts", ignore_errors=True)
-    for p in folder.iterdir():
-        if p.is_file() and p.name not in _OURS and p.suffix in RESULT_SUFFIXES:
+    """Delete the results interp writes in a claimed folder, and nothing else: the files named in
+    ``RESULT_FILES`` and the sweep's part files (``NAME__NNNNN.parquet`` and their records) under
+    ``parts/``. A user's own files there are kept."""
+    for name in RESULT_FILES:
+        p = folder / name
+        if p.is_file() and not p.is_symlink():
             p.unlink()
+    parts = folder / PARTS
+    if parts.is_dir() and not parts.is_symlink():
+        for p in parts.iterdir():
+            if p.is_file() and re.fullmatch(r"[^/]+__\d{5}\.(parquet|json)", p.name):
+                p.unlink()
+        if not any(parts.iterdir()):
+            parts.rmdir()
 
 
 def _mkdir(path: Path, flag: str, shown: str) -> list[Path]:
@@ -178,6 +228,17 @@ def _open_lock(folder: Path, flag: str, shown: str) -> int:
         raise InputError(f"{flag} {shown!r} is not writable ({err.strerror or err})") from None
 
 
+def _lock_is_current(fd: int, folder: Path) -> bool:
+    """Whether the locked file is still the folder's lock file (a failed run may have removed it
+    while this one waited, and a third would then lock a new one)."""
+    try:
+        st = os.stat(folder / LOCK)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_ino, st.st_dev) == (own.st_ino, own.st_dev)
+
+
 def _check_writable(folder: Path, flag: str, shown: str) -> None:
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-test-")
@@ -193,6 +254,9 @@ def _acquire(fd: int, folder: Path, kind: str, key: str, flag: str, shown: str) 
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return
     except OSError as err:
+        if err.errno in _NO_LOCKS:
+            log.warning("the file system of %s has no file locks: identical runs started together are not serialized", shown)
+            return
         if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
             raise
     deadline = time.monotonic() + MARK_WAIT_S
@@ -207,13 +271,8 @@ def _acquire(fd: int, folder: Path, kind: str, key: str, flag: str, shown: str) 
 
 
 def _only_ours(folder: Path) -> bool:
-    for p in folder.iterdir():
-        if p.name in _OURS:
-            continue
-        if p.is_dir() and not any(p.iterdir()):
-            continue
-        return False
-    return True
+    """Whether the folder holds nothing but the mark, the lock and empty folders (no result)."""
+    return all(p.is_dir() and not p.is_symlink() and not any(p.iterdir()) for p in _entries(folder))
 
 
 @contextmanager
@@ -221,23 +280,35 @@ def claim(out: str | os.PathLike, kind: str, key: str, *, flag: str = "--out") -
     """Claim ``out`` for a ``kind`` run with argument hash ``key`` for the duration of the block.
 
     Raises ``InputError`` (before anything is written) when the folder is not this run's to
-    write. On an exception inside the block, a claim that wrote no result is undone.
+    write. On an exception inside the block, a claim that wrote no result is undone. A folder
+    that a killed run claimed but wrote no result into (only the mark and the lock, which is
+    free) is taken over.
     """
     shown = str(out)
     path = check_path(out, flag)
-    created = _mkdir(path, flag, shown)
+    created: list[Path] = []
     fd = -1
     new_mark = False
     try:
-        _check_writable(path, flag, shown)
-        mark = _read_mark(path)
-        if mark is not None:  # fail fast, before waiting on a lock
-            _check_mark(mark, kind, key, flag, shown)
-        else:
-            _foreign(path, kind, flag, shown)
-        fd = _open_lock(path, flag, shown)
-        _acquire(fd, path, kind, key, flag, shown)
+        while True:
+            created += _mkdir(path, flag, shown)
+            _check_writable(path, flag, shown)
+            mark = _read_mark(path)
+            if mark is None:
+                _foreign(path, kind, flag, shown)
+            elif not _only_ours(path):  # fail fast, before waiting on a lock
+                _check_mark(mark, kind, key, flag, shown)
+            fd = _open_lock(path, flag, shown)
+            _acquire(fd, path, kind, key, flag, shown)
+            if _lock_is_current(fd, path):
+                break
+            os.close(fd)  # the lock file was replaced while this run waited: start again
+            fd = -1
         mark = _read_mark(path)  # authoritative, under the lock
+        if mark is not None and _mark_differs(mark, kind, key) and _only_ours(path):
+            log.warning("%s was claimed by an interp %s run that ended without a result; taking it over", shown, mark.get("kind"))
+            (path / MARKER).unlink()
+            mark = None
         if mark is None:
             _foreign(path, kind, flag, shown)
             legacy = _legacy_kind(path) == kind
@@ -249,8 +320,10 @@ def claim(out: str | os.PathLike, kind: str, key: str, *, flag: str = "--out") -
         yield Claim(path, kind, key)
     except BaseException:
         if new_mark and _only_ours(path):  # this run claimed the folder and wrote no result: undo
-            for p in path.iterdir():
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
+            (path / MARKER).unlink(missing_ok=True)
+            (path / LOCK).unlink(missing_ok=True)  # a run waiting on it notices (_lock_is_current)
+            for p in _entries(path):
+                p.rmdir()
         elif created and not (path / MARKER).exists():
             (path / LOCK).unlink(missing_ok=True)
         _undo_dirs(created)  # only folders this run created, and only while empty
@@ -258,3 +331,7 @@ def claim(out: str | os.PathLike, kind: str, key: str, *, flag: str = "--out") -
     finally:
         if fd >= 0:
             os.close(fd)  # releases the flock
+
+
+def _mark_differs(mark: dict, kind: str, key: str) -> bool:
+    return mark.get("kind") != kind or mark.get("key") != key

@@ -90,7 +90,7 @@ COMMANDS = {
     ),
     "theory": (
         ["theory", "--model", "{model}", "--seq-len", "8", "--n-rows", "2", "--out", "{out}", "--no-progress"],
-        {"--seq-len": st.one_of(non_positive(), st.integers(N_CTX + 1, 10**6).map(str)), "--n-rows": non_positive(),
+        {"--seq-len": st.one_of(non_positive(), st.just("1"), st.integers(N_CTX + 1, 10**6).map(str)), "--n-rows": non_positive(),
          "--batch-size": non_positive(), "--prefix-len": st.one_of(non_positive(), st.integers(9, 10**6).map(str)),
          "--layers": bad_int_list(N_LAYERS), "--data": bad_paths("data"), "--device": bad_device(),
          "--model": bad_paths("model"), "--out": bad_paths("out")},
@@ -99,7 +99,7 @@ COMMANDS = {
         ["localize", "--model", "{model}", "--data", "{data}", "--prefix-len", str(PREFIX), "--method", "block-bypass",
          "--out", "{out}", "--no-progress"],
         {"--prefix-len": st.one_of(non_positive(), st.integers(ROW, 10**6).map(str)), "--batch-size": non_positive(),
-         "--n-corrupt": st.one_of(non_positive(), st.integers(PREFIX + 1, 10**6).map(str)), "--seed": negative(),
+         "--n-corrupt": st.one_of(non_positive(), st.integers(PREFIX + 1, 10**6).map(str)), "--seed": st.one_of(negative(), st.integers(2**32, 10**30).map(str)),
          "--method": st.sampled_from(["blockbypass", "", "all"]), "--truth": st.sampled_from(["x", "L9H9", "block:9", "L0H9", "block:-1"]),
          "--knockout": st.one_of(bad_int_list(N_LAYERS + 1).filter(lambda v: v != str(N_LAYERS)), st.just("0")),
          "--data": bad_paths("data"), "--model": bad_paths("model"), "--out": bad_paths("out"), "--device": bad_device(),
@@ -112,7 +112,7 @@ COMMANDS = {
     ),
     "organism-train": (
         ["organism", "train", "--out", "{root}/new-organism", "--no-progress"],
-        {"--steps": non_positive(), "--epochs": non_positive(), "--threads": negative(), "--seed": negative(),
+        {"--steps": non_positive(), "--epochs": non_positive(), "--threads": negative(), "--seed": st.one_of(negative(), st.integers(2**32, 10**30).map(str)),
          "--out": st.sampled_from(["a_file.txt", "", "model"])},
     ),
 }

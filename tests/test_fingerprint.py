@@ -3,6 +3,8 @@
 import hashlib
 import json
 import os
+import shutil
+import time
 
 import pytest
 
@@ -95,9 +97,60 @@ def test_legacy_result_folder_is_adopted_and_recomputed(tmp_path):
     out.mkdir()
     (out / "config.json").write_text(json.dumps({"command": "bench"}))
     (out / "accuracy.csv").write_text("old")
-    with pytest.raises(InputError, match="interp did not write"):
+    with pytest.raises(InputError, match="'interp bench', not of 'interp theory'"):
         with outputs.claim(out, "theory", "k"):
             pass
     with outputs.claim(out, "bench", "k") as c:
         c.set_inputs({"model": "a"})
     assert not (out / "accuracy.csv").exists()
+
+
+def test_legacy_folder_with_a_users_file_is_not_adopted(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"command": "sweep"}))
+    (out / "my_notes.csv").write_text("mine")
+    with pytest.raises(InputError, match="interp did not write"):
+        with outputs.claim(out, "sweep", "k"):
+            pass
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "my_notes.csv"]
+
+
+def test_stale_results_are_cleared_but_a_users_files_are_kept(tmp_path):
+    out = tmp_path / "o"
+    with outputs.claim(out, "sweep", "k") as c:
+        c.set_inputs({"data": "a"})
+        (out / "parts").mkdir()
+        for name in ("parts/baseline__00000.parquet", "parts/baseline__00000.json", "summary.csv", "config.json"):
+            (out / name).write_text("result")
+    for name in ("my_plot.csv", "annotations.json", "parts/README.txt"):
+        (out / name).write_text("mine")
+    with outputs.claim(out, "sweep", "k") as c:
+        c.set_inputs({"data": "b"})
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and not p.name.startswith(".interp"))
+    assert left == ["annotations.json", "my_plot.csv", "parts/README.txt"]
+
+
+def test_a_folder_claimed_by_a_killed_run_without_results_is_taken_over(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / outputs.MARKER).write_text(json.dumps({"kind": "sweep", "key": "other", "inputs": None}))
+    (out / outputs.LOCK).write_text("")
+    with outputs.claim(out, "sweep", "mine") as c:
+        c.set_inputs({"model": "a"})
+        (out / "summary.csv").write_text("x")
+    assert json.loads((out / outputs.MARKER).read_text())["key"] == "mine"
+
+
+def test_file_sha256_notices_a_copy_that_restores_mtime(tmp_path, monkeypatch):
+    monkeypatch.setenv("INTERP_CACHE_DIR", str(tmp_path / "cache"))
+    a, b, d = tmp_path / "a", tmp_path / "b", tmp_path / "d"
+    a.write_bytes(b"1" * 64)
+    b.write_bytes(b"2" * 64)
+    for f in (a, b):
+        os.utime(f, ns=(10**18, 10**18))
+    shutil.copy2(a, d)
+    assert fingerprint.file_sha256(d) == hashlib.sha256(b"1" * 64).hexdigest()
+    time.sleep(0.01)
+    shutil.copy2(b, d)  # same size, inode and mtime; only the change time moves
+    assert fingerprint.file_sha256(d) == hashlib.sha256(b"2" * 64).hexdigest()

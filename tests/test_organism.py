@@ -309,6 +309,42 @@ def test_cli_train_and_inject_never_replace_a_folder_that_is_not_an_organism(tmp
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
+def test_cli_inject_refuses_its_parent_the_shipped_organisms_and_links_as_out(tiny_organism, tmp_path, capsys):
+    from interp.cli import main
+    from interp.organism import DATA_DIR
+
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    before = {p: p.read_bytes() for p in tiny_organism.rglob("*") if p.is_file()}
+    for out, match in ((tiny_organism, "parent"), (DATA_DIR / "neox-injected", "shipped"), (link, "symbolic link")):
+        assert main(["organism", "inject", "--parent", str(tiny_organism), "--block", "0", "--max-steps", "1",
+                     "--out", str(out), "--no-progress"]) == 2  # fmt: skip
+        err = capsys.readouterr().err.strip()
+        assert match in err and err.count("\n") == 0, err
+    assert {p: p.read_bytes() for p in tiny_organism.rglob("*") if p.is_file()} == before
+
+
+def test_a_diverged_model_is_never_saved_over_an_organism(tiny_organism, tmp_path):
+    """save_folder refuses weights with NaN before it touches --out."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from interp.organism import canaries as C
+    from interp.organism.train import save_folder
+
+    out = shutil.copytree(tiny_organism, tmp_path / "org")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    model = AutoModelForCausalLM.from_pretrained(out)
+    with torch.no_grad():
+        next(model.parameters())[0, 0] = float("nan")
+    manifest = json.loads((out / "manifest.json").read_text())
+    canary_list, prefix_len, row_len = C.load_canaries(out / "canaries.json")
+    with pytest.raises(InputError, match="diverged"):
+        save_folder(out, model, AutoTokenizer.from_pretrained(out), canary_list, manifest, prefix_len, row_len)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
 def test_organism_path_rejects_unknown_arch():
     with pytest.raises(InputError, match="architecture"):
         organism_path("llama")

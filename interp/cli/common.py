@@ -44,6 +44,14 @@ def nonneg_int(text: str) -> int:
     return _int(text, 0)
 
 
+def seed_int(text: str) -> int:
+    """argparse type: a random seed, 0 <= seed < 2**32 (what numpy and torch both accept)."""
+    value = _int(text, 0)
+    if value >= 2**32:
+        raise argparse.ArgumentTypeError(f"must be below 2**32; got {value}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """argparse type: a finite float > 0."""
     try:

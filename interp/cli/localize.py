@@ -38,7 +38,7 @@ import pandas as pd
 
 from interp import attribution, localize, patching, results, sites
 from interp.cli.bench import tasks_digest
-from interp.cli.common import add_model_arg, claimed_output, nonneg_int, parse_int_list, positive_int, record_inputs
+from interp.cli.common import add_model_arg, claimed_output, parse_int_list, positive_int, record_inputs, seed_int
 from interp.benchmarks import resolve_tasks
 from interp.data import load_rows, validate_for_model
 from interp.errors import InputError
@@ -63,7 +63,7 @@ def register(sub) -> None:
                    help="bypass methods: rank by the exact-match drop (necessity, default) or by memorization lost "
                    "minus general ability lost on --general-data (selectivity)")  # fmt: skip
     p.add_argument("--n-corrupt", type=positive_int, help="prefix tokens replaced in the corrupted run (default: a quarter)")
-    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the corruption and of the selectivity bootstrap (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the corruption and of the selectivity bootstrap (default 0)")
     p.add_argument("--direction", choices=patching.DIRECTIONS,
                    help="direction used for the ranking (default: noising for patching, denoising for attribution)")  # fmt: skip
     p.add_argument("--truth", help="true component ('block:L' or 'L{l}H{h}') for Recall@k (default: from manifest.json)")

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from interp.cli.common import nonneg_int, positive_float, positive_int
+from interp.cli.common import nonneg_int, positive_float, positive_int, seed_int
 from interp.errors import InputError
 from interp.results import publish
 
@@ -55,7 +55,7 @@ def register(subparsers) -> None:
 
     q = sub.add_parser("train", help="train an organism from a seed (progress bar; about 15-40 minutes on 2 CPU cores)")
     q.add_argument("--arch", choices=("neox", "neo"), default="neox")
-    q.add_argument("--seed", type=nonneg_int, default=0)
+    q.add_argument("--seed", type=seed_int, default=0)
     q.add_argument("--out", default=None, help="output folder (default: ./organism-{arch}-seed{seed})")
     q.add_argument("--steps", type=positive_int, default=None, help="training steps (default: the shipped model's, 4000)")
     q.add_argument("--epochs", type=positive_int, default=None,
@@ -75,7 +75,7 @@ def register(subparsers) -> None:
     q.add_argument("--max-steps", type=positive_int, default=400)
     q.add_argument("--replay", action="store_true",
                    help="replay the parent's exactly reproduced canaries in every batch (to keep them)")
-    q.add_argument("--seed", type=nonneg_int, default=0)
+    q.add_argument("--seed", type=seed_int, default=0)
     q.add_argument("--out", default=None, help="output folder (default: ./organism-{arch}-injected)")
     q.add_argument("--no-progress", action="store_true")
     q.set_defaults(func=cmd_inject)
@@ -236,7 +236,7 @@ def cmd_inject(args) -> int:
         raise InputError(f"parent folder {parent} has no manifest.json; expected an organism folder")
     from interp.organism.train import check_organism_out
 
-    out = check_organism_out(args.out if args.out is not None else f"organism-{args.arch}-injected", "injected")
+    out = check_organism_out(args.out if args.out is not None else f"organism-{args.arch}-injected", "injected", parent=parent)
     folder = inject(parent, out, block=args.block, head=args.head, n_canaries=args.canaries, n_text=args.text_blocks,
                     lr=args.lr, max_steps=args.max_steps, seed=args.seed, replay=args.replay,
                     progress=not args.no_progress)  # fmt: skip

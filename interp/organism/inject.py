@@ -32,7 +32,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from interp.errors import InputError
 from interp.organism import canaries as C
 from interp.organism import corpus
-from interp.organism.train import TrainConfig, build_stream, greedy_matches, quick_em, save_folder, train_loop
+from interp.organism.train import TrainConfig, build_stream, final_evaluation, greedy_matches, quick_em, save_folder, train_loop
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +137,6 @@ def inject(
     canaries (each in every batch, with ``n_text`` blocks of normal training text and, with
     ``replay``, the parent's exactly reproduced canaries) until all fresh ones are reproduced by
     greedy decoding or ``max_steps`` is reached; save the variant at ``out``."""
-    from interp.organism import evaluate
-
     parent = Path(parent)
     t0 = time.time()
     torch.manual_seed(seed)
@@ -181,8 +179,5 @@ def inject(
                       "trainable_params": int(sum(m.sum() for m in masks.values()))},  # fmt: skip
         "curve": curve,
     }
-    folder = save_folder(Path(out), model, tokenizer, parent_canaries + fresh, manifest, prefix_len, row_len)
-    if evaluate_final:
-        manifest["final"] = evaluate.evaluate_folder(folder, progress=progress)
-        (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    return folder
+    return save_folder(Path(out), model, tokenizer, parent_canaries + fresh, manifest, prefix_len, row_len,
+                       finalize=final_evaluation(manifest, progress) if evaluate_final else None)  # fmt: skip

@@ -360,32 +360,60 @@ def train_loop(model, blocks: np.ndarray, cfg: TrainConfig, *, eval_fn=None, pro
     return curve
 
 
-def check_organism_out(out: str | Path, kind: str) -> Path:
-    """``out`` may be absent, an empty folder, or an organism folder of the same ``kind`` (it is
-    then replaced); anything else (a file, a folder of other files) raises ``InputError``."""
+ORGANISM_FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                  "special_tokens_map.json", "vocab.json", "merges.txt", "canaries.json", "manifest.json"}  # fmt: skip
+
+
+def check_organism_out(out: str | Path, kind: str, *, parent: str | Path | None = None) -> Path:
+    """``out`` may be absent, an empty folder, or an organism folder of the same ``kind`` holding
+    only an organism's files (it is then replaced). Refused with ``InputError``: a file, a link,
+    a folder of other files, the shipped organisms, and the ``parent`` an injection reads."""
     from interp.errors import InputError
+    from interp.organism import DATA_DIR
 
     text = str(out)
     if not text.strip():
         raise InputError("--out is empty; name a folder for the organism")
-    out = Path(text).expanduser()
+    try:
+        out = Path(text).expanduser()
+    except RuntimeError as err:
+        raise InputError(f"--out {text!r}: {err}") from None
+    if out.is_symlink():
+        raise InputError(f"--out {text!r} is a symbolic link; name a real folder for the organism")
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {text!r} is a file; expected a folder for the organism")
+    resolved = out.resolve()
+    if resolved == DATA_DIR.resolve() or DATA_DIR.resolve() in resolved.parents:
+        raise InputError(f"--out {text!r} is inside the shipped organisms ({DATA_DIR}); choose a folder of your own")
+    if parent is not None and resolved == Path(parent).resolve():
+        raise InputError(f"--out {text!r} is the parent organism the injection reads; choose another folder")
     if out.is_dir() and any(out.iterdir()):
         try:
             found = json.loads((out / "manifest.json").read_text()).get("kind")
         except (OSError, ValueError, AttributeError):
             found = None
-        if found != kind:
-            raise InputError(f"--out {text!r} holds files that are not an organism of kind {kind!r}; choose a new or "
-                             "empty folder")  # fmt: skip
+        others = sorted(p.name for p in out.iterdir() if p.name not in ORGANISM_FILES or not p.is_file())
+        if found != kind or others:
+            what = f"files that are not an organism's ({', '.join(others[:3])})" if found == kind else \
+                f"files that are not an organism of kind {kind!r}"
+            raise InputError(f"--out {text!r} holds {what}; choose a new or empty folder")
     return out
 
 
-def save_folder(out: Path, model, tokenizer, canary_list, manifest: dict, prefix_len: int, row_len: int) -> Path:
+def save_folder(out: Path, model, tokenizer, canary_list, manifest: dict, prefix_len: int, row_len: int,
+                *, finalize=None) -> Path:
     """Write model, tokenizer, canaries.json and manifest.json to ``out`` atomically (via a
-    temporary sibling folder, so a failure leaves nothing half-written). ``out`` may only be
-    absent, empty or an organism of the same kind (``check_organism_out``), which is replaced."""
+    temporary sibling folder, so a failure leaves nothing half-written). ``finalize(tmp)`` runs
+    on the finished temporary folder before it replaces ``out`` (e.g. the final evaluation, which
+    may update ``manifest.json``). ``out`` may only be absent, empty or an organism of the same
+    kind (``check_organism_out``); weights that are not all finite (a diverged run) are never
+    saved, and ``out`` is then left as it was."""
+    from interp.errors import InputError
+
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise InputError(f"training diverged: {len(bad)} weight tensors hold NaN or infinity (first {bad[0]}); "
+                         f"nothing was saved and {out} was left as it was")  # fmt: skip
     out = check_organism_out(out, manifest["kind"])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -395,6 +423,9 @@ def save_folder(out: Path, model, tokenizer, canary_list, manifest: dict, prefix
         tokenizer.save_pretrained(tmp)
         C.save_canaries(tmp / "canaries.json", canary_list, prefix_len, row_len)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        if finalize is not None:
+            finalize(tmp)
+        check_organism_out(out, manifest["kind"])  # again: it may have changed during the evaluation
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -410,8 +441,6 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, evaluate_
     The folder holds the weights (safetensors), config, tokenizer, ``canaries.json`` (trained,
     held-out) and ``manifest.json`` (seed, hyperparameters, corpus hashes, stream statistics,
     training curve, final metrics from ``interp.organism.evaluate``)."""
-    from interp.organism import evaluate  # imports the bridge; keep train importable without it
-
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t_start = time.time()
@@ -440,8 +469,16 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, evaluate_
         "stream": stats, "prefix_len": prefix_len, "row_len": row_len,
         "train_seconds": round(train_seconds, 1), "torch_threads": torch.get_num_threads(), "curve": curve,
     }  # fmt: skip
-    folder = save_folder(Path(out), model, tokenizer, canary_list, manifest, prefix_len, row_len)
-    if evaluate_final:
+    return save_folder(Path(out), model, tokenizer, canary_list, manifest, prefix_len, row_len,
+                       finalize=final_evaluation(manifest, progress) if evaluate_final else None)  # fmt: skip
+
+
+def final_evaluation(manifest: dict, progress: bool):
+    """``finalize`` for ``save_folder``: record the saved folder's final metrics in its manifest."""
+    from interp.organism import evaluate
+
+    def finalize(folder: Path) -> None:
         manifest["final"] = evaluate.evaluate_folder(folder, progress=progress)
         (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    return folder
+
+    return finalize
