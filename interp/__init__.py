@@ -5,6 +5,7 @@ arXiv 2501.05078): in a chosen block, every token attends only to itself while t
 norms, value/output projections, MLP and residual connections are kept.
 """
 
+import interp._quiet  # noqa: F401  (side effect: silences third-party notices on stderr)
 from interp.interventions import (
     AttentionBypass,
     Intervention,
