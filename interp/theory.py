@@ -496,9 +496,6 @@ def _check_tokens(model, tokens) -> Tensor:
     t = torch.as_tensor(tokens)
     if t.ndim != 2 or t.shape[1] < 1 or t.is_floating_point():
         raise InputError(f"token ids must be a 2-D integer [sequence, position] array; got {t.dtype} of shape {tuple(t.shape)}")
-    if t.shape[1] < 2:
-        raise InputError(f"sequences of {t.shape[1]} token measure nothing: the bypass changes no token's output before "
-                         "the second; use sequences of at least 2 tokens")  # fmt: skip
     if t.shape[1] > int(model.cfg.n_ctx):
         raise InputError(f"sequences have {t.shape[1]} tokens, more than the model's context of {model.cfg.n_ctx}")
     if t.numel() and (int(t.min()) < 0 or int(t.max()) >= int(model.cfg.d_vocab)):

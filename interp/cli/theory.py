@@ -55,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
             if args.prefix_len > rows.shape[1]:
                 raise InputError(f"--prefix-len {args.prefix_len} is longer than the rows ({rows.shape[1]} tokens)")
             rows = rows[:, : args.prefix_len]
+        if rows.shape[1] < 2:  # the library allows it (delta_1 = 0 exactly); as a run it would report nothing
+            raise InputError(f"rows of {rows.shape[1]} token measure nothing: the bypass changes no token's output before "
+                             "the second; use rows of at least 2 tokens")  # fmt: skip
         inputs = record_inputs(claim, args.model, {"data": args.data})
         tables = theory.theory_tables(model, torch.as_tensor(rows), layers, batch_size=args.batch_size,
                                       progress=not args.no_progress)  # fmt: skip
