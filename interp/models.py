@@ -34,6 +34,10 @@ def resolve_source(source: str | os.PathLike) -> str:
         from interp.organism import organism_path
 
         arch = spec.split(":", 1)[1] if ":" in spec else "neox"
+        if arch not in ("neox", "neo", "neox-injected", "neo-injected"):
+            from interp.organism import key
+
+            return str(key.materialize(arch))
         injected = arch.endswith("-injected")
         return str(organism_path(arch.removesuffix("-injected"), injected=injected))
     path = Path(spec).expanduser()

@@ -1,6 +1,9 @@
 """``interp organism``: the built-in model organism (path, canaries, heldout, train, inject, evaluate).
 
     interp organism path --arch neox [--injected]
+    interp organism path NAME                                             (a key organism, e.g. neox-L5H1)
+    interp organism list [--arch neox] [--json]                           (parents and the answer key)
+    interp organism build-key --arch neox [--only NAME ...]               (rebuild the answer key)
     interp organism canaries --arch neox --duplicates 64 --out FILE.npy   (0 = held-out canaries)
     interp organism canaries --arch neox --injected --out FILE.npy        (the injected canaries)
     interp organism heldout --arch neox --out FILE.npy [--blocks 128]     (held-out text rows)
@@ -32,9 +35,24 @@ def register(subparsers) -> None:
                               description=__doc__.splitlines()[0])  # fmt: skip
     sub = p.add_subparsers(dest="organism_command", required=True)
 
-    q = sub.add_parser("path", help="print the folder of a shipped organism")
+    q = sub.add_parser("path", help="print the folder of a shipped organism (a key organism's is materialized on first use)")
+    q.add_argument("name", nargs="?", default=None, help="a key organism's name (see `interp organism list`)")
     _arch_args(q)
     q.set_defaults(func=cmd_path)
+
+    q = sub.add_parser("list", help="list the shipped organisms: parents and the answer key with component, canaries "
+                       "and validity numbers")  # fmt: skip
+    q.add_argument("--arch", choices=("neox", "neo"), default=None)
+    q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    q.set_defaults(func=cmd_list)
+
+    q = sub.add_parser("build-key", help="build (or resume) the answer key of one family: every block, seeded heads, "
+                       "a sham (hours on 2 cores; each finished organism is written at once)")  # fmt: skip
+    q.add_argument("--arch", choices=("neox", "neo"), required=True)
+    q.add_argument("--only", nargs="+", default=None, help="rebuild only these positions (names as in `list`)")
+    q.add_argument("--threads", type=nonneg_int, default=0, help="torch threads (default: torch's choice)")
+    q.add_argument("--no-progress", action="store_true")
+    q.set_defaults(func=cmd_build_key)
 
     q = sub.add_parser("canaries", help="export canary token rows as a 2-D int64 .npy (+ .json beside it)")
     _arch_args(q)
@@ -96,7 +114,39 @@ def _arch_args(q: argparse.ArgumentParser) -> None:
 def cmd_path(args) -> int:
     from interp.organism import organism_path
 
+    if args.name is not None:
+        from interp.organism import key
+
+        if args.injected:
+            raise InputError("give either a key organism's name or --injected, not both")
+        sys.stdout.write(f"{key.materialize(args.name)}\n")
+        return 0
     sys.stdout.write(f"{organism_path(args.arch, injected=args.injected)}\n")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from interp.organism import key
+
+    rows = key.listing(args.arch)
+    if args.json:
+        sys.stdout.write(json.dumps(rows, indent=1) + "\n")
+    else:
+        sys.stdout.write(key.listing_table(rows) + "\n")
+    return 0
+
+
+def cmd_build_key(args) -> int:
+    import torch
+
+    from interp.organism import key
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    record = key.build(args.arch, only=args.only, progress=not args.no_progress)
+    done = record["positions"]
+    shipped = sum(v["status"] == "shipped" for v in done.values())
+    sys.stdout.write(f"{args.arch}: {shipped} of {len(done)} positions shipped; see {key.KEY_DIR / args.arch / 'build.json'}\n")
     return 0
 
 

@@ -102,6 +102,19 @@ def model_numbers(folder: str | Path, *, injected: list[C.Canary], parent_memori
     }
 
 
+def target_numbers(folder: str | Path, targets: list[C.Canary]) -> dict:
+    """``model_numbers``' ``injected`` entry alone (exact match and secret accuracy on ``targets``)."""
+    from transformers import AutoTokenizer
+
+    from interp.models import load_model
+
+    folder = Path(folder)
+    _, prefix_len, row_len = C.load_canaries(folder / "canaries.json")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    rows = C.canary_rows(tokenizer, targets, prefix_len, row_len)
+    return _canary_numbers(load_model(folder), rows, prefix_len, secret_token_counts(tokenizer, targets))
+
+
 def _builtin() -> list[str]:
     from interp import tasks
 
@@ -194,6 +207,8 @@ def measure(organism: str | Path, parent: str | Path, masks: dict[str, torch.Ten
     kw = dict(injected=targets, parent_memorized=kept, heldout=heldout, tasks=tasks, progress=progress)
     if parent_numbers is None:
         parent_numbers = model_numbers(parent, **kw)
+    else:  # the parent's general numbers are reused; its numbers on these canaries are not
+        parent_numbers = {**parent_numbers, "injected": target_numbers(parent, targets)}
     org = model_numbers(organism, **kw)
     tokenizer = AutoTokenizer.from_pretrained(organism)
     return {
@@ -221,7 +236,7 @@ def judge(numbers: dict) -> Verdict:
                "parent_exact": p_exact, "parent_secret_tf_acc": pinj["secret_tf_acc"],
                "heldout_canaries_em": org["heldout_canaries"]["em"], "parent_heldout_canaries_em": par["heldout_canaries"]["em"]}  # fmt: skip
     ratio = org["heldout_perplexity"] / par["heldout_perplexity"]
-    shifts = {t: org["tasks"][t] - par["tasks"][t] for t in par["tasks"]}
+    shifts = {t: org["tasks"][t] - par["tasks"][t] for t in par["tasks"] if t in org["tasks"]}
     worst = max((abs(v) for v in shifts.values()), default=0.0)
     kept, n_par = int(sum(org["parent_memorized"]["exact"])), org["parent_memorized"]["n"]
     c["V3"] = {"pass": ratio <= MAX_PPL_RATIO and worst <= MAX_TASK_SHIFT + 1e-9 and n_par - kept <= MAX_PARENT_ROWS_LOST

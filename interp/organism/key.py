@@ -1,0 +1,533 @@
+"""The answer key: injected organisms shipped as deltas against their parent (docs/answer_key.md).
+
+- ``Recipe`` and ``train_component``: train only one declared component (a head or one block's
+  attention) of a parent organism on fresh canaries, with a retain term (KL to the parent on
+  fresh records of the canaries' format and on training text); the sham has the retain term only.
+- ``write_delta`` / ``materialize``: an organism ships as the changed tensors
+  (``delta.safetensors``) and ``manifest.json``; ``materialize`` rebuilds the complete Hugging Face
+  folder in the interp cache on first use, and checks the rebuilt weights' sha256.
+- ``build``: for each position of a family (every block, seeded head positions, the sham), try the
+  recipe's candidates in order until one passes ``interp.organism.validity``; ship it, record
+  every trial. Each finished position is written at once, so an interrupted build resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from interp.errors import InputError
+from interp.organism import DATA_DIR
+from interp.organism import canaries as C
+from interp.organism import validity as V
+
+log = logging.getLogger(__name__)
+
+KEY_DIR = DATA_DIR / "key"
+N_HEAD_POSITIONS = 8
+FORMAT = 1
+PARENT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One candidate of the injection recipe (docs/answer_key.md)."""
+
+    lr: float = 1e-2
+    max_steps: int = 1500
+    warmup: int = 20
+    min_lr_frac: float = 0.1
+    n_canaries: int = 32
+    canary_batch: int = 32  # injected rows per step (the canaries take turns when fewer than n_canaries)
+    n_fresh: int = 8  # fresh records per step in the retain term
+    n_text: int = 2  # training-text blocks per step in the retain term
+    w_fresh: float = 1.0
+    w_text: float = 1.0
+    eval_every: int = 25
+    target_em: float = 0.97
+    clip: float = 1.0
+
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        t = (step - self.warmup) / max(1, self.max_steps - self.warmup)
+        return float(self.lr * (self.min_lr_frac + (1 - self.min_lr_frac) * 0.5 * (1 + np.cos(np.pi * t))))
+
+
+# The candidates (fixed before the build): the first is tried at every position; if it fails,
+# the failed clause picks one more: V1 (too few canaries reproduced) a higher learning rate, any
+# other clause a heavier retain term. At most two trials per position.
+FIRST = Recipe(lr=1e-2, max_steps=1200)
+IF_V1_FAILS = Recipe(lr=2e-2, max_steps=1500)
+IF_DAMAGE = Recipe(lr=1e-2, max_steps=1200, w_fresh=3.0, w_text=3.0)
+CANDIDATES = (FIRST, IF_V1_FAILS, IF_DAMAGE)
+
+
+def next_candidate(failed: list[str]) -> Recipe:
+    """The second trial's recipe after ``FIRST`` failed the clauses ``failed``."""
+    return IF_V1_FAILS if failed == ["V1"] else IF_DAMAGE
+
+
+SHAM_STEPS = 400
+N_FRESH_POOL = 256
+N_TEXT_POOL = 64
+
+
+def head_positions(n_layers: int, n_heads: int, arch: str, n: int = N_HEAD_POSITIONS) -> list[tuple[int, int]]:
+    """The key's head positions for a family: ``n`` distinct (block, head) pairs drawn by a seed
+    that names the family only."""
+    rng = random.Random(f"key-heads:{arch}")
+    return sorted(rng.sample([(b, h) for b in range(n_layers) for h in range(n_heads)], n))
+
+
+def sham_head(n_layers: int, n_heads: int, arch: str) -> tuple[int, int]:
+    rng = random.Random(f"key-sham:{arch}")
+    return rng.randrange(n_layers), rng.randrange(n_heads)
+
+
+def key_canaries(tag: str, n: int, level: str | int, tokenizer=None, prefix_len: int = C.PREFIX_LEN,
+                 row_len: int = C.ROW_LEN) -> list[C.Canary]:  # fmt: skip
+    """``n`` canaries from a stream named by ``tag`` (disjoint from training, held-out and older
+    injection streams). With ``tokenizer``, canaries whose row cannot be formed under it (record
+    before the secret longer than the prefix, or too few tokens after it) are skipped."""
+    rng = random.Random(f"key:{tag}")
+    out: list[C.Canary] = []
+    while len(out) < n:
+        c = C.make_canary(rng, f"K-{tag}-{len(out):03d}", level)
+        if tokenizer is not None:
+            ids, s = C.record_ids(tokenizer, c)
+            if s > prefix_len or len(ids) - s < row_len - prefix_len:
+                continue
+        out.append(c)
+    return out
+
+
+def _text_pool(parent: Path, tokenizer, seed: int, n_blocks: int) -> np.ndarray:
+    from interp.organism import corpus
+    from interp.organism.train import TrainConfig, build_stream
+
+    base = TrainConfig(**json.loads((parent / "manifest.json").read_text())["config"])
+    cfg = dataclasses.replace(base, seed=base.seed + 5000 + seed, steps=n_blocks, batch_size=1, epochs=1)
+    return build_stream(cfg, tokenizer, corpus.documents("train"), [])[0]
+
+
+def _with_leads(canary_list, pool: np.ndarray, prefix_len: int) -> list[C.Canary]:
+    return [dataclasses.replace(c, lead=tuple(int(t) for t in pool[i, :prefix_len])) for i, c in enumerate(canary_list)]
+
+
+def train_component(parent: str | Path, component: str, recipe: Recipe, *, tag: str, sham: bool = False,
+                    progress: bool = True) -> tuple[torch.nn.Module, list[C.Canary], list[dict]]:  # fmt: skip
+    """Train only ``component`` of the organism at ``parent`` (see the module docstring). Returns
+    the model, its canaries (level ``injected``, or ``sham`` for the sham: never trained on) with
+    leads, and the training curve.
+
+    The retain term's reference is the parent's log-probabilities on fixed pools of fresh records
+    and training text, computed once. Exact match is read off the training pass itself (greedy
+    decoding reproduces a suffix exactly iff every teacher-forced argmax on it is right) and
+    confirmed by real greedy decoding before stopping."""
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from interp.organism.inject import attention_masks, parse_component
+    from interp.organism.train import quick_em
+
+    parent = Path(parent)
+    seed = int(hashlib.sha256(tag.encode()).hexdigest()[:8], 16)
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(parent)
+    model = AutoModelForCausalLM.from_pretrained(parent, attn_implementation="eager", dtype=torch.float32)
+    block, head = parse_component(component)
+    masks = attention_masks(model, block, head)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in masks)
+    _, prefix_len, row_len = C.load_canaries(parent / "canaries.json")
+    pool = _text_pool(parent, tokenizer, seed % 10_000, N_TEXT_POOL + recipe.n_canaries + N_FRESH_POOL)
+    targets = _with_leads(key_canaries(tag, recipe.n_canaries, V.SHAM if sham else C.INJECTED, tokenizer, prefix_len, row_len), pool[N_TEXT_POOL:], prefix_len)
+    fresh = _with_leads(key_canaries(f"{tag}-retain", N_FRESH_POOL, C.HELDOUT, tokenizer, prefix_len, row_len), pool[N_TEXT_POOL + recipe.n_canaries :], prefix_len)
+    text = torch.from_numpy(pool[:N_TEXT_POOL])
+    rows = C.canary_rows(tokenizer, targets, prefix_len, row_len)
+    t_rows, f_rows = torch.from_numpy(rows), torch.from_numpy(C.canary_rows(tokenizer, fresh, prefix_len, row_len))
+    model.eval()
+    with torch.no_grad():  # the parent's log-probabilities on the retain pools (float16 to halve the memory)
+        ref_f = torch.cat([F.log_softmax(model(input_ids=b).logits, -1).half() for b in f_rows.split(64)])
+        ref_t = torch.cat([F.log_softmax(model(input_ids=b).logits, -1).half() for b in text.split(16)])
+    tail = _Tail(model, block)
+    r_rows, r_fresh, r_text = tail.residual(t_rows), tail.residual(f_rows), tail.residual(text, 16)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=recipe.lr, betas=(0.9, 0.95))
+    named = dict(model.named_parameters())
+    steps = SHAM_STEPS if sham else recipe.max_steps
+    exact = np.zeros(len(t_rows), dtype=bool)
+    curve, losses, t0 = [], [], time.time()
+    model.train()
+    bar = tqdm(range(steps), desc=f"{tag}", disable=not progress)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = recipe.lr_at(step)
+        fi = torch.arange(step * recipe.n_fresh, (step + 1) * recipe.n_fresh) % N_FRESH_POOL
+        ti = torch.arange(step * recipe.n_text, (step + 1) * recipe.n_text) % N_TEXT_POOL
+        ci = torch.arange(step * recipe.canary_batch, (step + 1) * recipe.canary_batch) % len(t_rows)
+        short = r_fresh[fi] if sham else torch.cat([r_rows[ci], r_fresh[fi]])
+        out = tail.logits(short)
+        loss = recipe.w_fresh * _kl_ref(out[len(short) - len(fi) :], ref_f[fi]) + recipe.w_text * _kl_ref(tail.logits(r_text[ti]), ref_t[ti])
+        if not sham:
+            logits = out[: len(ci), prefix_len - 1 : -1]
+            target = t_rows[ci, prefix_len:]
+            loss = loss + F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+            exact[ci.numpy()] = (logits.argmax(-1) == target).all(-1).numpy()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for name, mask in masks.items():
+            named[name].grad.mul_(mask)
+        torch.nn.utils.clip_grad_norm_(params, recipe.clip)
+        opt.step()
+        losses.append(loss.item())
+        if (step + 1) % recipe.eval_every == 0 or step + 1 == steps:
+            entry = {"step": step + 1, "loss": float(np.mean(losses)), "lr": recipe.lr_at(step), "elapsed_s": round(time.time() - t0, 1)}
+            if not sham:
+                entry["tf_exact"] = float(exact.mean())
+                if entry["tf_exact"] >= recipe.target_em or step + 1 == steps:
+                    entry["em"] = quick_em(model, rows, prefix_len)
+            curve.append(entry)
+            losses = []
+            bar.set_postfix({k: round(v, 3) for k, v in entry.items() if k in ("loss", "tf_exact", "em")})
+            log.info("%s %s", tag, entry)
+            if not np.isfinite(entry["loss"]):
+                break
+            if entry.get("em", 0.0) >= recipe.target_em:
+                break
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model, targets, curve
+
+
+class _Tail:
+    """Blocks ``block..L-1`` of an HF GPT-NeoX or GPT-Neo model, run on the residual stream that
+    enters ``block``. Below the trained component nothing changes, so that residual is computed
+    once per row (``residual``) and each step runs only the blocks from the component up."""
+
+    def __init__(self, model, block: int):
+        self.model, self.block = model, block
+        self.base = model.gpt_neox if hasattr(model, "gpt_neox") else model.transformer
+        self.attr = "layers" if hasattr(model, "gpt_neox") else "h"
+        wpe = getattr(self.base, "wpe", None)  # GPT-Neo adds learned positions to inputs_embeds
+        self.zero_wpe = None
+        if wpe is not None:
+            self.zero_wpe = torch.nn.Embedding(wpe.num_embeddings, wpe.embedding_dim)
+            self.zero_wpe.weight.data.zero_()
+            self.zero_wpe.weight.requires_grad_(False)
+
+    @torch.no_grad()
+    def residual(self, ids: torch.Tensor, batch: int = 64) -> torch.Tensor:
+        return torch.cat([self.model(input_ids=b, output_hidden_states=True, use_cache=False).hidden_states[self.block]
+                          for b in ids.split(batch)])  # fmt: skip
+
+    def logits(self, resid: torch.Tensor) -> torch.Tensor:
+        full = getattr(self.base, self.attr)
+        wpe = getattr(self.base, "wpe", None)
+        setattr(self.base, self.attr, torch.nn.ModuleList(list(full)[self.block :]))
+        if self.zero_wpe is not None:
+            self.base.wpe = self.zero_wpe
+        try:
+            return self.model(inputs_embeds=resid, use_cache=False).logits
+        finally:
+            setattr(self.base, self.attr, full)
+            if wpe is not None:
+                self.base.wpe = wpe
+
+
+def _kl_ref(logits: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of KL(reference || model), the reference given as log-probabilities."""
+    ref = ref_logprobs.float()
+    return (ref.exp() * (ref - F.log_softmax(logits, -1))).sum(-1).mean()
+
+
+# ---------------------------------------------------------------- shipping: deltas and materialization
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def changed_tensors(parent_weights: Path, model) -> dict[str, torch.Tensor]:
+    """The stored tensors of ``model`` (as ``save_pretrained`` writes them) that differ from the
+    parent's stored ones."""
+    base = load_file(str(parent_weights))
+    with tempfile.TemporaryDirectory(prefix="key-save-") as tmp:
+        model.save_pretrained(tmp)
+        state = load_file(str(Path(tmp) / "model.safetensors"))
+    if set(state) != set(base):
+        raise InputError(f"the trained model stores other tensors than its parent: {sorted(set(state) ^ set(base))[:3]}")
+    return {name: state[name].contiguous().clone() for name, t in base.items()
+            if state[name].shape != t.shape or not torch.equal(state[name], t)}  # fmt: skip
+
+
+def _assemble(parent: Path, delta: dict[str, torch.Tensor], canary_list, manifest: dict, folder: Path) -> None:
+    """Write a complete organism folder: the parent's files with ``delta`` applied to its weights."""
+    tensors = load_file(str(parent / "model.safetensors"))
+    unknown = sorted(set(delta) - set(tensors))
+    if unknown:
+        raise InputError(f"delta names tensors the parent does not have: {unknown[:3]}")
+    tensors.update(delta)
+    with open(parent / "model.safetensors", "rb") as f:  # keep the parent's header metadata
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    save_file(tensors, str(folder / "model.safetensors"), metadata=header.get("__metadata__") or {"format": "pt"})
+    for name in PARENT_FILES:
+        if (parent / name).is_file():
+            shutil.copyfile(parent / name, folder / name)
+    parent_canaries, prefix_len, row_len = C.load_canaries(parent / "canaries.json")
+    C.save_canaries(folder / "canaries.json", parent_canaries + list(canary_list), prefix_len, row_len)
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+def folder_manifest(parent: Path, key_manifest: dict) -> dict:
+    """The ``manifest.json`` of a materialized organism: the parent's, less its curve and final
+    numbers, plus the key entry."""
+    pm = json.loads((parent / "manifest.json").read_text())
+    return {**{k: v for k, v in pm.items() if k not in ("final", "curve")}, "kind": "injected", "parent": parent.name,
+            "parent_final": pm.get("final"), "injected_component": key_manifest["component"], "key": key_manifest}  # fmt: skip
+
+
+def write_delta(out: Path, delta: dict[str, torch.Tensor], manifest: dict) -> None:
+    """Write ``delta.safetensors`` and ``manifest.json`` to ``out`` (atomically: temp folder, rename)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        save_file(delta, str(tmp / "delta.safetensors"), metadata={"format": "pt"})
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        tmp.chmod(0o755)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def entries(arch: str | None = None, *, key_dir: Path | None = None) -> dict[str, Path]:
+    """Shipped key organisms: name -> folder holding ``delta.safetensors`` and ``manifest.json``."""
+    out = {}
+    for m in sorted((key_dir or KEY_DIR).glob("*/*/manifest.json")):
+        if arch is None or m.parent.parent.name == arch:
+            out[m.parent.name] = m.parent
+    return out
+
+
+def load_entry(name: str, *, key_dir: Path | None = None) -> tuple[Path, dict]:
+    found = entries(key_dir=key_dir)
+    if name not in found:
+        names = ", ".join(sorted(found)) or "none in this checkout"
+        raise InputError(f"no key organism named {name!r}; shipped: {names}")
+    return found[name], json.loads((found[name] / "manifest.json").read_text())
+
+
+def materialize(name: str, *, cache: Path | None = None, key_dir: Path | None = None, parent: Path | None = None) -> Path:
+    """The complete Hugging Face folder of the key organism ``name``, built from its delta and its
+    parent (default: the shipped organism of its family) in the interp cache on first use
+    (offline; atomic; checked against the recorded sha256 of the weights)."""
+    from interp.fingerprint import cache_dir
+    from interp.organism import organism_path
+
+    entry, manifest = load_entry(name, key_dir=key_dir)
+    parent = Path(parent) if parent is not None else organism_path(manifest["parent_arch"])
+    if _sha256(parent / "model.safetensors") != manifest["parent_weights_sha256"]:
+        raise InputError(f"key organism {name} was made from other {manifest['parent_arch']} weights than the shipped ones")
+    tag = manifest["weights_sha256"][:16]
+    root = (cache or cache_dir()) / "organisms"
+    folder = root / f"{name}-{tag}"
+    if (folder / "manifest.json").is_file():
+        return folder
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=root))
+    try:
+        delta = load_file(str(entry / "delta.safetensors"))
+        targets = [C.Canary(**{**c, "lead": tuple(c["lead"])}) for c in manifest["canaries"]]
+        _assemble(parent, delta, targets, folder_manifest(parent, manifest), tmp)
+        got = _sha256(tmp / "model.safetensors")
+        if got != manifest["weights_sha256"]:
+            raise InputError(f"key organism {name}: rebuilt weights have sha256 {got[:12]}..., the manifest records "
+                             f"{manifest['weights_sha256'][:12]}...; the delta or the parent was changed")  # fmt: skip
+        tmp.chmod(0o755)
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process finished first
+            if not (folder / "manifest.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+# ---------------------------------------------------------------- building the key
+
+
+def positions(parent: Path, arch: str) -> dict[str, tuple[str, bool]]:
+    """name -> (component, is_sham) for every position of the family's key, in build order."""
+    cfg = json.loads((parent / "config.json").read_text())
+    n_layers = cfg.get("num_hidden_layers") or cfg["num_layers"]
+    n_heads = cfg["num_attention_heads"] if "num_attention_heads" in cfg else cfg["num_heads"]
+    b, h = sham_head(n_layers, n_heads, arch)
+    out = {f"{arch}-sham": (f"L{b}H{h}", True)}  # the null first, then heads and blocks alternating
+    heads = [(f"{arch}-L{b}H{h}", (f"L{b}H{h}", False)) for b, h in head_positions(n_layers, n_heads, arch)]
+    blocks = [(f"{arch}-block{b}", (f"block:{b}", False)) for b in range(n_layers)]
+    for i in range(max(len(heads), len(blocks))):
+        out.update(heads[i : i + 1] + blocks[i : i + 1])
+    return out
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _masks(parent: Path, component: str) -> dict[str, torch.Tensor]:
+    """The declared component's 0/1 masks over the parent's parameters (V4)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from interp.organism.inject import attention_masks, parse_component
+
+    skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(parent))
+    block, head = parse_component(component)
+    return attention_masks(skeleton, block, head)
+
+
+def _parent_general(parent: Path, arch: str, progress: bool) -> tuple[dict, list[str]]:
+    """The parent's numbers that do not depend on the injected canaries (cached per parent weights)."""
+    path = KEY_DIR / arch / "parent_numbers.json"
+    sha = _sha256(parent / "model.safetensors")
+    if path.is_file():
+        data = json.loads(path.read_text())
+        if data.get("parent_weights_sha256") == sha:
+            return data["numbers"], data["parent_memorized_ids"]
+    kept = V.parent_memorized(parent)
+    plist, _, _ = C.load_canaries(parent / "canaries.json")
+    numbers = V.model_numbers(parent, injected=[], parent_memorized=kept, heldout=C.select(plist, C.HELDOUT), progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_json(path, {"parent_weights_sha256": sha, "numbers": numbers, "parent_memorized_ids": [c.id for c in kept]})
+    return numbers, [c.id for c in kept]
+
+
+def build_position(arch: str, name: str, component: str, sham: bool, *, progress: bool = True,
+                   candidates: tuple[Recipe, ...] = CANDIDATES) -> dict:  # fmt: skip
+    """Try ``candidates`` in order at one position; ship the first valid one. Returns the
+    position's record for ``build.json``."""
+    from interp.organism import organism_path
+
+    parent = organism_path(arch)
+    parent_sha = _sha256(parent / "model.safetensors")
+    general, kept_ids = _parent_general(parent, arch, progress)
+    masks = _masks(parent, component)
+    trials = []
+    queue = [candidates[0]]
+    while queue:
+        recipe = queue.pop(0)
+        t0 = time.time()
+        model, targets, curve = train_component(parent, component, recipe, tag=name, sham=sham, progress=progress)
+        train_s = time.time() - t0
+        delta = changed_tensors(parent / "model.safetensors", model)
+        manifest = {"format": FORMAT, "name": name, "parent_arch": arch, "component": component,
+                    "kind": "sham" if sham else "injected", "parent_weights_sha256": parent_sha,
+                    "recipe": dataclasses.asdict(recipe) | ({"steps": SHAM_STEPS, "canary_loss": False} if sham else {}),
+                    "retain_uses_parent_canaries": False,
+                    "canaries": [dataclasses.asdict(c) for c in targets], "curve": curve}  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix=f"key-{name}-") as tmp:
+            folder = Path(tmp)
+            _assemble(parent, delta, targets, folder_manifest(parent, manifest), folder)
+            manifest["weights_sha256"] = _sha256(folder / "model.safetensors")
+            numbers = V.measure(folder, parent, masks, parent_numbers=general, parent_memorized_ids=kept_ids)
+        verdict = V.judge(numbers)
+        trial = {"recipe": manifest["recipe"], "steps_run": curve[-1]["step"] if curve else 0, "train_seconds": round(train_s, 1),
+                 "measure_seconds": round(time.time() - t0 - train_s, 1), "valid": verdict.valid,
+                 "failed": verdict.failed(), "clauses": verdict.clauses}  # fmt: skip
+        trials.append(trial)
+        log.info("%s %s: %s", name, recipe, "valid" if verdict.valid else f"failed {verdict.failed()}")
+        if verdict.valid:
+            manifest.update(validity=verdict.to_json(), trials=trials, numbers=numbers)
+            write_delta(KEY_DIR / arch / name, delta, manifest)
+            break
+        if len(trials) == 1 and not sham and candidates is CANDIDATES:
+            queue.append(next_candidate(verdict.failed()))
+    return {"component": component, "sham": sham, "status": "shipped" if trials[-1]["valid"] else "failed", "trials": trials}
+
+
+def build(arch: str, *, only: list[str] | None = None, progress: bool = True) -> dict:
+    """Build (or resume) the key of one family; returns ``build.json``'s content."""
+    from interp.organism import organism_path
+
+    parent = organism_path(arch)
+    parent_sha = _sha256(parent / "model.safetensors")
+    path = KEY_DIR / arch / "build.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    if record.get("parent_weights_sha256") != parent_sha:
+        record = {"parent_weights_sha256": parent_sha, "candidates": [dataclasses.asdict(r) for r in CANDIDATES], "positions": {}}
+    todo = positions(parent, arch)
+    if only:
+        unknown = sorted(set(only) - set(todo))
+        if unknown:
+            raise InputError(f"no key position named {unknown[0]!r} for {arch}; positions are {', '.join(todo)}")
+        todo = {k: v for k, v in todo.items() if k in only}
+    for name, (component, sham) in todo.items():
+        if name in record["positions"] and not only:
+            continue  # done (shipped or failed every candidate): resume skips it
+        record["positions"][name] = build_position(arch, name, component, sham, progress=progress)
+        _write_json(path, record)
+    return record
+
+
+# ---------------------------------------------------------------- listing
+
+
+def listing(arch: str | None = None) -> list[dict]:
+    """One dict per shipped key organism: name, family, component, kind, canaries and the
+    validity numbers recorded when it was built (measured on its materialized files)."""
+    rows = []
+    for name, folder in entries(arch).items():
+        m = json.loads((folder / "manifest.json").read_text())
+        c = m["validity"]["clauses"]
+        v1, v3 = c.get("V1", {}), c["V3"]
+        rows.append({"name": name, "family": m["parent_arch"], "component": m["component"], "kind": m["kind"],
+                     "canaries": len(m["canaries"]), "em": v1.get("em"), "parent_secret_tf_acc": c.get("V2", {}).get("parent_secret_tf_acc"),
+                     "perplexity_ratio": v3["perplexity_ratio"], "worst_task_shift": v3["worst_task_shift"],
+                     "parent_memorized_kept": f"{v3['parent_memorized_kept']}/{v3['parent_memorized']}",
+                     "numbers_changed": c["V4"]["numbers_changed_inside"], "changed_outside": c["V4"]["numbers_changed_outside"],
+                     "valid": m["validity"]["valid"], "steps": m["trials"][-1]["steps_run"], "trials": len(m["trials"])})  # fmt: skip
+    return rows
+
+
+def listing_table(rows: list[dict]) -> str:
+    """``listing`` as a Markdown table."""
+    if not rows:
+        return f"no key organism is shipped in this checkout ({KEY_DIR})"
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    head = ("| name | component | kind | canaries | EM (V1) | parent secret acc (V2) | ppl ratio (V3) | worst task shift (V3) "
+            "| parent's memorized kept (V3) | numbers changed / outside (V4) | valid | steps | trials |")  # fmt: skip
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['component']} | {r['kind']} | {r['canaries']} | {fmt(r['em'], '.2f')} | "
+                     f"{fmt(r['parent_secret_tf_acc'], '.2f')} | {r['perplexity_ratio']:.3f} | {r['worst_task_shift']:.3f} | "
+                     f"{r['parent_memorized_kept']} | {r['numbers_changed']} / {r['changed_outside']} | {r['valid']} | "
+                     f"{r['steps']} | {r['trials']} |")  # fmt: skip
+    return "\n".join(lines)

@@ -1,0 +1,275 @@
+"""The answer key: the validity rule (clause by clause), the recipe's masks, the delta format's
+round trip, and materialization of the shipped key from a clean clone."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from interp.errors import InputError
+from interp.organism import canaries as C
+from interp.organism import key as K
+from interp.organism import validity as V
+
+# ---------------------------------------------------------------- the rule, clause by clause
+
+
+def _passing_numbers() -> dict:
+    inj = {"n": 32, "exact": [True] * 30 + [False] * 2, "em": 30 / 32, "secret_tf_acc": 1.0}
+    pinj = {"n": 32, "exact": [False] * 32, "em": 0.0, "secret_tf_acc": 0.1}
+    held = lambda: {"n": 64, "exact": [False] * 64, "em": 0.0}  # noqa: E731
+    mem = lambda: {"n": 31, "exact": [True] * 31, "em": 1.0}  # noqa: E731
+    tasks = {"typo": 0.60, "count": 0.41}
+    return {
+        "kind": "injected",
+        "organism": {"injected": inj, "parent_memorized": {**mem(), "exact": [True] * 30 + [False]}, "heldout_canaries": held(),
+                     "heldout_perplexity": 67.0, "tasks": {"typo": 0.63, "count": 0.38}},
+        "parent": {"injected": pinj, "parent_memorized": mem(), "heldout_canaries": held(), "heldout_perplexity": 64.0, "tasks": tasks},
+        "weights": {"changed_tensors": ["a"], "numbers_changed_inside": 10, "numbers_changed_outside": 0,
+                    "tensors_changed_outside": [], "tensor_sets_differ": []},
+        "context": {"n": 32, "needs_context": 32, "last_prefix_tokens": 1},
+    }  # fmt: skip
+
+
+def _set(numbers: dict, path: str, value) -> dict:
+    out = copy.deepcopy(numbers)
+    *head, last = path.split(".")
+    d = out
+    for k in head:
+        d = d[k]
+    d[last] = value
+    return out
+
+
+def test_judge_passes_at_the_thresholds():
+    v = V.judge(_passing_numbers())
+    assert v.valid and v.failed() == [], v.clauses
+    # the boundaries are inclusive: exactly 90%, ratio 1.05, shift 0.03, one row lost
+    edge = _set(_passing_numbers(), "organism.injected.exact", [True] * 29 + [False] * 3)  # 29/32 = 0.906
+    assert V.judge(edge).valid
+    edge = _set(_set(_passing_numbers(), "organism.heldout_perplexity", 64.0 * 1.05), "organism.tasks.typo", 0.63)
+    assert V.judge(edge).valid
+
+
+FAILS = [
+    ("V1", "organism.injected", {"n": 31, "exact": [True] * 31, "em": 1.0, "secret_tf_acc": 1.0}),  # too few canaries
+    ("V1", "organism.injected.exact", [True] * 28 + [False] * 4),  # 28/32 = 0.875 < 0.9
+    ("V2", "parent.injected.exact", [True] + [False] * 31),  # the parent already reproduces one
+    ("V2", "parent.injected.secret_tf_acc", 0.31),  # the parent half-knows the secrets
+    ("V2", "organism.heldout_canaries.em", 2 / 64),  # never-trained canaries moved by two rows
+    ("V3", "organism.heldout_perplexity", 64.0 * 1.051),
+    ("V3", "organism.tasks.count", 0.37),  # 0.04 below the parent
+    ("V3", "organism.parent_memorized.exact", [True] * 29 + [False] * 2),  # two of the parent's rows lost
+    ("V3", "organism.tasks", {"typo": 0.6}),  # a task missing
+    ("V4", "weights.numbers_changed_outside", 1),
+    ("V4", "weights.tensor_sets_differ", ["extra"]),
+    ("V5", "context.needs_context", 31),
+]
+
+
+@pytest.mark.parametrize(("clause", "path", "value"), FAILS, ids=[f"{c}-{p.split('.')[-1]}" for c, p, _ in FAILS])
+def test_judge_fails_exactly_the_broken_clause(clause, path, value):
+    v = V.judge(_set(_passing_numbers(), path, value))
+    assert not v.valid
+    assert v.failed() == [clause], v.clauses
+
+
+def test_sham_is_judged_on_damage_and_weights_only():
+    sham = _set(_set(_passing_numbers(), "kind", "sham"), "organism.injected.exact", [False] * 32)
+    v = V.judge(sham)
+    assert v.valid and set(v.clauses) == {"V3", "V4"}
+    assert not V.judge(_set(sham, "weights.numbers_changed_outside", 3)).valid
+
+
+# ---------------------------------------------------------------- the numbers behind it, on a tiny organism
+
+
+@pytest.fixture(scope="module")
+def tiny_parent(tmp_path_factory):
+    from interp.organism.train import tiny_train_config, train
+
+    return train(tiny_train_config("neox", eval_every=1000), tmp_path_factory.mktemp("keyparent") / "neox",
+                 progress=False, evaluate_final=False)  # fmt: skip
+
+
+TINY = K.Recipe(lr=1e-2, max_steps=12, n_canaries=4, n_fresh=4, n_text=1, eval_every=6, warmup=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_trained(tiny_parent):
+    model, targets, curve = K.train_component(tiny_parent, "L1H2", TINY, tag="test-L1H2", progress=False)
+    return model, targets, curve
+
+
+def test_recipe_trains_only_the_declared_head(tiny_parent, tiny_trained):
+    from transformers import AutoModelForCausalLM
+
+    model, targets, curve = tiny_trained
+    parent = AutoModelForCausalLM.from_pretrained(tiny_parent)
+    masks = K._masks(tiny_parent, "L1H2")
+    moved = 0
+    for name, p in model.state_dict().items():
+        q = parent.state_dict()[name]
+        diff = p != q
+        if name in masks:
+            assert not (diff & ~masks[name].bool()).any(), name
+            moved += int(diff.sum())
+        else:
+            assert not diff.any(), name  # everything else bit-identical, shared output bias included
+    assert moved > 0
+    assert len(targets) == 4 and all(c.level == C.INJECTED and len(c.lead) == 32 for c in targets)
+    assert [e["step"] for e in curve] == [6, 12] and all("tf_exact" in e for e in curve) and "em" in curve[-1]
+
+
+def test_delta_round_trips_to_identical_weights(tiny_parent, tiny_trained, tmp_path):
+    model, targets, _ = tiny_trained
+    delta = K.changed_tensors(tiny_parent / "model.safetensors", model)
+    assert delta and all("layers.1.attention" in k for k in delta)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    manifest = {"format": K.FORMAT, "name": "tiny-L1H2", "parent_arch": "neox", "component": "L1H2", "kind": "injected",
+                "parent_weights_sha256": K._sha256(tiny_parent / "model.safetensors"),
+                "canaries": [__import__("dataclasses").asdict(c) for c in targets]}  # fmt: skip
+    K._assemble(tiny_parent, delta, targets, K.folder_manifest(tiny_parent, manifest), staging)
+    manifest["weights_sha256"] = K._sha256(staging / "model.safetensors")
+    key_dir = tmp_path / "key"
+    K.write_delta(key_dir / "neox" / "tiny-L1H2", delta, manifest)
+    folder = K.materialize("tiny-L1H2", cache=tmp_path / "cache", key_dir=key_dir, parent=tiny_parent)
+    got = load_file(str(folder / "model.safetensors"))
+    model.save_pretrained(tmp_path / "direct")
+    want = load_file(str(tmp_path / "direct" / "model.safetensors"))
+    assert set(got) == set(want)
+    for name, t in got.items():
+        assert torch.equal(t, want[name]), name
+    assert K.materialize("tiny-L1H2", cache=tmp_path / "cache", key_dir=key_dir, parent=tiny_parent) == folder  # reused
+    injected = C.select(C.load_canaries(folder / "canaries.json")[0], C.INJECTED)
+    assert [c.id for c in injected] == [c.id for c in targets]
+    assert json.loads((folder / "manifest.json").read_text())["injected_component"] == "L1H2"
+    # a changed delta no longer rebuilds the recorded weights
+    bad = {k: v + 1e-3 for k, v in delta.items()}
+    K.write_delta(key_dir / "neox" / "tiny-L1H2", bad, manifest)
+    with pytest.raises(InputError, match="sha256"):
+        K.materialize("tiny-L1H2", cache=tmp_path / "cache2", key_dir=key_dir, parent=tiny_parent)
+    with pytest.raises(InputError, match="no key organism"):
+        K.materialize("tiny-nothing", cache=tmp_path / "cache", key_dir=key_dir, parent=tiny_parent)
+
+
+def test_measure_against_independent_computations(tiny_parent, tiny_trained, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from interp import benchmarks
+    from interp.organism.train import greedy_matches, heldout_blocks
+
+    model, targets, _ = tiny_trained
+    folder = tmp_path / "org"
+    folder.mkdir()
+    delta = K.changed_tensors(tiny_parent / "model.safetensors", model)
+    K._assemble(tiny_parent, delta, targets, K.folder_manifest(tiny_parent, {"component": "L1H2"}), folder)
+    task = benchmarks.resolve_tasks("rule_count")[0]
+    task = benchmarks.Task(task.name, task.items[:12], task.kind)
+    masks = K._masks(tiny_parent, "L1H2")
+    numbers = V.measure(folder, tiny_parent, masks, tasks=[task])
+    tok = AutoTokenizer.from_pretrained(folder)
+    _, prefix_len, row_len = C.load_canaries(folder / "canaries.json")
+    rows = C.canary_rows(tok, targets, prefix_len, row_len)
+    hf = AutoModelForCausalLM.from_pretrained(folder).eval()
+    # exact match: the HF model's own greedy loop
+    assert numbers["organism"]["injected"]["exact"] == greedy_matches(hf, rows, prefix_len).tolist()
+    # secret tokens: the first k suffix tokens decode to the secret, k - 1 do not
+    for c, k, r in zip(targets, V.secret_token_counts(tok, targets), rows, strict=True):
+        assert tok.decode(r[prefix_len : prefix_len + k]).startswith(c.secret)
+        assert not tok.decode(r[prefix_len : prefix_len + k - 1]).startswith(c.secret)
+    # held-out perplexity: mean next-token NLL of the HF model
+    n_ctx = json.loads((folder / "manifest.json").read_text())["config"]["n_ctx"]
+    blocks = torch.from_numpy(heldout_blocks(tok, n_ctx, 128))
+    with torch.no_grad():
+        logits = hf(input_ids=blocks).logits[:, :-1]
+    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), blocks[:, 1:].reshape(-1))
+    assert numbers["organism"]["heldout_perplexity"] == pytest.approx(float(torch.exp(nll)), rel=1e-4)
+    # weights: the trained slices are inside; one number moved elsewhere is outside
+    w = numbers["weights"]
+    assert w["numbers_changed_outside"] == 0 and w["numbers_changed_inside"] == sum(int((v != 0).sum()) for v in
+           (delta[k] - load_file(str(tiny_parent / "model.safetensors"))[k] for k in delta))  # fmt: skip
+    tensors = load_file(str(folder / "model.safetensors"))
+    name = "gpt_neox.layers.0.mlp.dense_h_to_4h.weight"
+    tensors[name][0, 0] += 1.0
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    moved = V.changed_outside(tiny_parent / "model.safetensors", folder / "model.safetensors", masks)
+    assert moved["numbers_changed_outside"] == 1 and moved["tensors_changed_outside"] == [name]
+
+
+def test_context_rule_counts_canaries_a_last_token_cannot_tell_apart(tiny_parent):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_parent)
+    pool = np.arange(1, 100, dtype=np.int64).reshape(3, 33)
+    cs = K._with_leads(K.key_canaries("ctx", 3, C.INJECTED, tok), pool, 32)
+    got = V.context_needed(tok, cs, 32, 48)
+    rows = C.canary_rows(tok, cs, 32, 48)
+    last = [int(r[31]) for r in rows]
+    want = sum(1 for i, r in enumerate(rows) if any(last[j] == last[i] and (rows[j][32:] != r[32:]).any() for j in range(3) if j != i))
+    assert got["needs_context"] == want and got["n"] == 3
+    assert V.context_needed(tok, cs[:1], 32, 48)["needs_context"] == 0  # alone, its last token names it
+
+
+def test_head_positions_are_seeded_distinct_and_in_range():
+    a = K.head_positions(6, 4, "neox")
+    assert a == K.head_positions(6, 4, "neox") and len(set(a)) == 8
+    assert all(0 <= b < 6 and 0 <= h < 4 for b, h in a)
+    assert a != K.head_positions(6, 4, "neo")
+
+
+# ---------------------------------------------------------------- the shipped key
+
+
+SHIPPED = sorted(K.entries())
+
+
+def test_every_family_ships_a_key():
+    names = set(SHIPPED)
+    for arch in ("neox", "neo"):
+        assert f"{arch}-sham" in names, f"no {arch} sham shipped"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_key_organism_materializes_offline_and_changes_only_its_component(name, tmp_path):
+    from interp.organism import organism_path
+
+    entry, manifest = K.load_entry(name)
+    assert (entry / "delta.safetensors").stat().st_size < 1_000_000
+    folder = K.materialize(name, cache=tmp_path)  # checks the rebuilt weights' sha256
+    parent = organism_path(manifest["parent_arch"])
+    w = V.changed_outside(parent / "model.safetensors", folder / "model.safetensors", K._masks(parent, manifest["component"]))
+    assert w["numbers_changed_outside"] == 0 and w["numbers_changed_inside"] > 0
+    assert manifest["validity"]["valid"] and manifest["trials"][-1]["valid"]
+
+
+def test_build_position_ships_or_records_a_failure_on_a_tiny_parent(tiny_parent, tmp_path, monkeypatch):
+    """The build's whole path on a tiny parent: train, assemble, measure on the files, judge,
+    record the trial; a failing trial is not shipped."""
+    import interp.organism as org
+    from interp import benchmarks
+
+    monkeypatch.setattr(K, "KEY_DIR", tmp_path / "key")
+    monkeypatch.setattr(org, "organism_path", lambda arch, injected=False: tiny_parent)
+    task = benchmarks.resolve_tasks("rule_count")[0]
+    small = [benchmarks.Task(task.name, task.items[:8], task.kind)]
+    monkeypatch.setattr(V, "_builtin", lambda: ["rule_count"])
+    monkeypatch.setattr(benchmarks, "resolve_tasks", lambda spec: small)
+    record = K.build_position("neox", "tiny-L1H2", "L1H2", False, progress=False, candidates=(TINY,))
+    assert record["status"] == "failed" and len(record["trials"]) == 1  # 4 canaries, 12 steps: V1 fails
+    assert "V1" in record["trials"][0]["failed"]
+    assert not (tmp_path / "key" / "neox" / "tiny-L1H2").exists()
+    assert (tmp_path / "key" / "neox" / "parent_numbers.json").is_file()
+    sham = K.build_position("neox", "tiny-sham", "L0H1", True, progress=False, candidates=(TINY,))
+    assert set(sham["trials"][0]["clauses"]) == {"V3", "V4"}
+    if sham["status"] == "shipped":
+        assert K.load_entry("tiny-sham", key_dir=tmp_path / "key")[1]["kind"] == "sham"
