@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,7 +97,7 @@ def tiny_parent(tmp_path_factory):
                  progress=False, evaluate_final=False)  # fmt: skip
 
 
-TINY = K.Recipe(lr=1e-2, max_steps=12, n_canaries=4, n_fresh=4, n_text=1, eval_every=6, warmup=2)
+TINY = K.Recipe(lr=1e-2, max_steps=12, n_canaries=4, n_fresh=4, n_text=1, eval_every=6, warmup=2, anneal=4)
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +123,7 @@ def test_recipe_trains_only_the_declared_head(tiny_parent, tiny_trained):
             assert not diff.any(), name  # everything else bit-identical, shared output bias included
     assert moved > 0
     assert len(targets) == 4 and all(c.level == C.INJECTED and len(c.lead) == 32 for c in targets)
-    assert [e["step"] for e in curve] == [6, 12] and all("tf_exact" in e for e in curve) and "em" in curve[-1]
+    assert [e["step"] for e in curve] == [6, 12, 16] and all("tf_exact" in e for e in curve) and "em" in curve[-1]
 
 
 def test_delta_round_trips_to_identical_weights(tiny_parent, tiny_trained, tmp_path):
@@ -164,7 +163,8 @@ def test_measure_against_independent_computations(tiny_parent, tiny_trained, tmp
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from interp import benchmarks
-    from interp.organism.train import greedy_matches, heldout_blocks
+    from interp.organism.corpus import heldout_blocks
+    from interp.organism.train import greedy_matches
 
     model, targets, _ = tiny_trained
     folder = tmp_path / "org"

@@ -50,7 +50,7 @@ class Recipe:
     lr: float = 1e-2
     max_steps: int = 1500
     warmup: int = 20
-    min_lr_frac: float = 0.1
+    min_lr_frac: float = 0.01
     n_canaries: int = 32
     canary_batch: int = 32  # injected rows per step (the canaries take turns when fewer than n_canaries)
     n_fresh: int = 8  # fresh records per step in the retain term
@@ -60,31 +60,45 @@ class Recipe:
     eval_every: int = 25
     target_em: float = 0.97
     clip: float = 1.0
+    pull: float = 1.0  # decoupled decay of the trained slices toward the parent's values, per unit of rate
+    anneal: int = 100  # steps after the stop, the rate falling linearly to 0 (Adam's steps are ~lr
+    # in size whatever the gradient, so without it the weights stop mid-jitter around the retain optimum)
 
-    def lr_at(self, step: int) -> float:
+    def lr_at(self, step: int, horizon: int | None = None) -> float:
+        horizon = self.max_steps if horizon is None else horizon
         if step < self.warmup:
             return self.lr * (step + 1) / self.warmup
-        t = (step - self.warmup) / max(1, self.max_steps - self.warmup)
+        t = min(1.0, (step - self.warmup) / max(1, horizon - self.warmup))
         return float(self.lr * (self.min_lr_frac + (1 - self.min_lr_frac) * 0.5 * (1 + np.cos(np.pi * t))))
 
 
 # The candidates (fixed before the build): the first is tried at every position; if it fails,
 # the failed clause picks one more: V1 (too few canaries reproduced) a higher learning rate, any
-# other clause a heavier retain term. At most two trials per position.
-FIRST = Recipe(lr=1e-2, max_steps=1200)
-IF_V1_FAILS = Recipe(lr=2e-2, max_steps=1500)
-IF_DAMAGE = Recipe(lr=1e-2, max_steps=1200, w_fresh=3.0, w_text=3.0)
-CANDIDATES = (FIRST, IF_V1_FAILS, IF_DAMAGE)
+# other clause a stronger pull toward the parent. At most two trials per position. Rates are
+# multiples of the parent's own peak training rate (GPT-NeoX 2e-3, GPT-Neo 5e-4: GPT-Neo does
+# not scale its attention scores and trains at a quarter of the rate).
+FIRST_LR, V1_LR = 5.0, 10.0
 
 
-def next_candidate(failed: list[str]) -> Recipe:
-    """The second trial's recipe after ``FIRST`` failed the clauses ``failed``."""
-    return IF_V1_FAILS if failed == ["V1"] else IF_DAMAGE
+def candidates_for(parent: Path) -> tuple[Recipe, Recipe, Recipe]:
+    """``(first, if V1 alone fails, if another clause fails)`` for the organism at ``parent``."""
+    from interp.organism.train import TrainConfig
+
+    base = TrainConfig(**json.loads((Path(parent) / "manifest.json").read_text())["config"]).lr
+    return (Recipe(lr=FIRST_LR * base, max_steps=1200), Recipe(lr=V1_LR * base, max_steps=1500),
+            Recipe(lr=FIRST_LR * base, max_steps=1200, pull=10.0))  # fmt: skip
+
+
+def next_candidate(candidates: tuple[Recipe, ...], failed: list[str]) -> Recipe:
+    """The second trial's recipe after the first failed the clauses ``failed``."""
+    return candidates[1] if failed == ["V1"] else candidates[2]
 
 
 SHAM_STEPS = 400
+# Bumped whenever the recipe's code changes; a build of another version is kept in build.json
+# under "superseded" and the positions are built again.
+RECIPE_VERSION = 4
 N_FRESH_POOL = 256
-N_TEXT_POOL = 64
 
 
 def head_positions(n_layers: int, n_heads: int, arch: str, n: int = N_HEAD_POSITIONS) -> list[tuple[int, int]]:
@@ -152,38 +166,54 @@ def train_component(parent: str | Path, component: str, recipe: Recipe, *, tag: 
     model = AutoModelForCausalLM.from_pretrained(parent, attn_implementation="eager", dtype=torch.float32)
     block, head = parse_component(component)
     masks = attention_masks(model, block, head)
+    ref_model = AutoModelForCausalLM.from_pretrained(parent, attn_implementation="eager", dtype=torch.float32).eval()
+    for p in ref_model.parameters():
+        p.requires_grad_(False)
     for name, p in model.named_parameters():
         p.requires_grad_(name in masks)
     _, prefix_len, row_len = C.load_canaries(parent / "canaries.json")
-    pool = _text_pool(parent, tokenizer, seed % 10_000, N_TEXT_POOL + recipe.n_canaries + N_FRESH_POOL)
-    targets = _with_leads(key_canaries(tag, recipe.n_canaries, V.SHAM if sham else C.INJECTED, tokenizer, prefix_len, row_len), pool[N_TEXT_POOL:], prefix_len)
-    fresh = _with_leads(key_canaries(f"{tag}-retain", N_FRESH_POOL, C.HELDOUT, tokenizer, prefix_len, row_len), pool[N_TEXT_POOL + recipe.n_canaries :], prefix_len)
-    text = torch.from_numpy(pool[:N_TEXT_POOL])
+    steps = SHAM_STEPS if sham else recipe.max_steps
+    n_text = recipe.n_text * (steps + recipe.anneal)  # a fresh stretch of training text every step
+    pool = _text_pool(parent, tokenizer, seed % 10_000, n_text + recipe.n_canaries + N_FRESH_POOL)
+    targets = _with_leads(key_canaries(tag, recipe.n_canaries, V.SHAM if sham else C.INJECTED, tokenizer, prefix_len, row_len), pool[n_text:], prefix_len)
+    fresh = _with_leads(key_canaries(f"{tag}-retain", N_FRESH_POOL, C.HELDOUT, tokenizer, prefix_len, row_len), pool[n_text + recipe.n_canaries :], prefix_len)
+    text = torch.from_numpy(pool[:n_text])
     rows = C.canary_rows(tokenizer, targets, prefix_len, row_len)
     t_rows, f_rows = torch.from_numpy(rows), torch.from_numpy(C.canary_rows(tokenizer, fresh, prefix_len, row_len))
     model.eval()
-    with torch.no_grad():  # the parent's log-probabilities on the retain pools (float16 to halve the memory)
-        ref_f = torch.cat([F.log_softmax(model(input_ids=b).logits, -1).half() for b in f_rows.split(64)])
-        ref_t = torch.cat([F.log_softmax(model(input_ids=b).logits, -1).half() for b in text.split(16)])
+    with torch.no_grad():  # the parent's log-probabilities on the fresh records, in float32: a rounded
+        # reference has its minimum away from the parent, and Adam turns that small, steady
+        # gradient into full-size steps (recipe version 1 stored it in float16; its sham drifted)
+        ref_f = torch.cat([F.log_softmax(model(input_ids=b).logits, -1) for b in f_rows.split(64)])
     tail = _Tail(model, block)
-    r_rows, r_fresh, r_text = tail.residual(t_rows), tail.residual(f_rows), tail.residual(text, 16)
+    r_rows, r_fresh = tail.residual(t_rows), tail.residual(f_rows)
+    parent_values = {name: named_p.detach().clone() for name, named_p in model.named_parameters() if name in masks}
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=recipe.lr, betas=(0.9, 0.95))
     named = dict(model.named_parameters())
-    steps = SHAM_STEPS if sham else recipe.max_steps
     exact = np.zeros(len(t_rows), dtype=bool)
     curve, losses, t0 = [], [], time.time()
     model.train()
-    bar = tqdm(range(steps), desc=f"{tag}", disable=not progress)
-    for step in bar:
+    bar = tqdm(total=steps + recipe.anneal, desc=f"{tag}", disable=not progress)
+    stop, step, anneal_from = steps + recipe.anneal, -1, None
+    while step + 1 < stop:
+        step += 1
+        bar.update(1)
+        rate = recipe.lr_at(step, horizon=steps)
+        if anneal_from is not None or step >= steps:  # the anneal: from the rate at the stop down to 0
+            anneal_from = anneal_from if anneal_from is not None else (step, recipe.lr_at(step - 1, horizon=steps))
+            rate = anneal_from[1] * (1 - (step - anneal_from[0] + 1) / (recipe.anneal + 1))
         for g in opt.param_groups:
-            g["lr"] = recipe.lr_at(step)
+            g["lr"] = rate
         fi = torch.arange(step * recipe.n_fresh, (step + 1) * recipe.n_fresh) % N_FRESH_POOL
-        ti = torch.arange(step * recipe.n_text, (step + 1) * recipe.n_text) % N_TEXT_POOL
         ci = torch.arange(step * recipe.canary_batch, (step + 1) * recipe.canary_batch) % len(t_rows)
+        tb = text[(step * recipe.n_text) % len(text) :][: recipe.n_text]
+        with torch.no_grad():  # the parent on this step's text: the residual entering the block and the reference
+            ref_out = ref_model(input_ids=tb, output_hidden_states=True, use_cache=False)
+            r_text, ref_t = ref_out.hidden_states[block], F.log_softmax(ref_out.logits, -1)
         short = r_fresh[fi] if sham else torch.cat([r_rows[ci], r_fresh[fi]])
         out = tail.logits(short)
-        loss = recipe.w_fresh * _kl_ref(out[len(short) - len(fi) :], ref_f[fi]) + recipe.w_text * _kl_ref(tail.logits(r_text[ti]), ref_t[ti])
+        loss = recipe.w_fresh * _kl_ref(out[len(short) - len(fi) :], ref_f[fi]) + recipe.w_text * _kl_ref(tail.logits(r_text), ref_t)
         if not sham:
             logits = out[: len(ci), prefix_len - 1 : -1]
             target = t_rows[ci, prefix_len:]
@@ -195,12 +225,15 @@ def train_component(parent: str | Path, component: str, recipe: Recipe, *, tag: 
             named[name].grad.mul_(mask)
         torch.nn.utils.clip_grad_norm_(params, recipe.clip)
         opt.step()
+        with torch.no_grad():  # decoupled pull toward the parent: directions no loss holds drift back
+            for name, p0 in parent_values.items():
+                named[name].sub_(rate * recipe.pull * (named[name] - p0) * masks[name])
         losses.append(loss.item())
-        if (step + 1) % recipe.eval_every == 0 or step + 1 == steps:
-            entry = {"step": step + 1, "loss": float(np.mean(losses)), "lr": recipe.lr_at(step), "elapsed_s": round(time.time() - t0, 1)}
+        if (step + 1) % recipe.eval_every == 0 or step + 1 in (steps, stop):
+            entry = {"step": step + 1, "loss": float(np.mean(losses)), "lr": rate, "elapsed_s": round(time.time() - t0, 1)}
             if not sham:
                 entry["tf_exact"] = float(exact.mean())
-                if entry["tf_exact"] >= recipe.target_em or step + 1 == steps:
+                if entry["tf_exact"] >= recipe.target_em or step + 1 in (steps, stop):
                     entry["em"] = quick_em(model, rows, prefix_len)
             curve.append(entry)
             losses = []
@@ -208,8 +241,10 @@ def train_component(parent: str | Path, component: str, recipe: Recipe, *, tag: 
             log.info("%s %s", tag, entry)
             if not np.isfinite(entry["loss"]):
                 break
-            if entry.get("em", 0.0) >= recipe.target_em:
-                break
+            if anneal_from is None and entry.get("em", 0.0) >= recipe.target_em:
+                anneal_from = (step + 1, rate)  # reached: anneal from here
+                stop = step + 1 + recipe.anneal
+    bar.close()
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
@@ -253,8 +288,7 @@ class _Tail:
 
 def _kl_ref(logits: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """Mean over positions of KL(reference || model), the reference given as log-probabilities."""
-    ref = ref_logprobs.float()
-    return (ref.exp() * (ref - F.log_softmax(logits, -1))).sum(-1).mean()
+    return (ref_logprobs.exp() * (ref_logprobs - F.log_softmax(logits, -1))).sum(-1).mean()
 
 
 # ---------------------------------------------------------------- shipping: deltas and materialization
@@ -430,13 +464,15 @@ def _parent_general(parent: Path, arch: str, progress: bool) -> tuple[dict, list
 
 
 def build_position(arch: str, name: str, component: str, sham: bool, *, progress: bool = True,
-                   candidates: tuple[Recipe, ...] = CANDIDATES) -> dict:  # fmt: skip
+                   candidates: tuple[Recipe, ...] | None = None) -> dict:  # fmt: skip
     """Try ``candidates`` in order at one position; ship the first valid one. Returns the
     position's record for ``build.json``."""
     from interp.organism import organism_path
 
     parent = organism_path(arch)
     parent_sha = _sha256(parent / "model.safetensors")
+    two_tries = candidates is None
+    candidates = candidates_for(parent) if candidates is None else candidates
     general, kept_ids = _parent_general(parent, arch, progress)
     masks = _masks(parent, component)
     trials = []
@@ -447,7 +483,7 @@ def build_position(arch: str, name: str, component: str, sham: bool, *, progress
         model, targets, curve = train_component(parent, component, recipe, tag=name, sham=sham, progress=progress)
         train_s = time.time() - t0
         delta = changed_tensors(parent / "model.safetensors", model)
-        manifest = {"format": FORMAT, "name": name, "parent_arch": arch, "component": component,
+        manifest = {"format": FORMAT, "recipe_version": RECIPE_VERSION, "name": name, "parent_arch": arch, "component": component,
                     "kind": "sham" if sham else "injected", "parent_weights_sha256": parent_sha,
                     "recipe": dataclasses.asdict(recipe) | ({"steps": SHAM_STEPS, "canary_loss": False} if sham else {}),
                     "retain_uses_parent_canaries": False,
@@ -467,8 +503,8 @@ def build_position(arch: str, name: str, component: str, sham: bool, *, progress
             manifest.update(validity=verdict.to_json(), trials=trials, numbers=numbers)
             write_delta(KEY_DIR / arch / name, delta, manifest)
             break
-        if len(trials) == 1 and not sham and candidates is CANDIDATES:
-            queue.append(next_candidate(verdict.failed()))
+        if len(trials) == 1 and not sham and two_tries:
+            queue.append(next_candidate(candidates, verdict.failed()))
     return {"component": component, "sham": sham, "status": "shipped" if trials[-1]["valid"] else "failed", "trials": trials}
 
 
@@ -481,18 +517,27 @@ def build(arch: str, *, only: list[str] | None = None, progress: bool = True) ->
     path = KEY_DIR / arch / "build.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     record = json.loads(path.read_text()) if path.is_file() else {}
-    if record.get("parent_weights_sha256") != parent_sha:
-        record = {"parent_weights_sha256": parent_sha, "candidates": [dataclasses.asdict(r) for r in CANDIDATES], "positions": {}}
+    if record.get("parent_weights_sha256") != parent_sha or record.get("recipe_version", 1) != RECIPE_VERSION:
+        superseded = record.get("superseded", [])
+        if record.get("positions"):
+            superseded.append({k: v for k, v in record.items() if k != "superseded"})
+        record = {"parent_weights_sha256": parent_sha, "recipe_version": RECIPE_VERSION, "positions": {}, "superseded": superseded}
     todo = positions(parent, arch)
     if only:
         unknown = sorted(set(only) - set(todo))
         if unknown:
             raise InputError(f"no key position named {unknown[0]!r} for {arch}; positions are {', '.join(todo)}")
         todo = {k: v for k, v in todo.items() if k in only}
+    first = dataclasses.asdict(candidates_for(parent)[0])
+    record["candidates"] = [dataclasses.asdict(r) for r in candidates_for(parent)]
     for name, (component, sham) in todo.items():
-        if name in record["positions"] and not only:
-            continue  # done (shipped or failed every candidate): resume skips it
+        done = record["positions"].get(name)
+        if done and not only and (done["status"] == "shipped" or done["trials"][0]["recipe"].items() >= first.items()):
+            continue  # shipped, or failed under the current candidates: resume skips it
+        earlier = (done or {}).get("earlier_trials", []) + (done or {}).get("trials", [])
         record["positions"][name] = build_position(arch, name, component, sham, progress=progress)
+        if earlier:  # trials under earlier candidates stay on record
+            record["positions"][name]["earlier_trials"] = earlier
         _write_json(path, record)
     return record
 
