@@ -63,8 +63,19 @@ def heatmap(ax, grid: pd.DataFrame, title: str, *, cmap="RdBu_r", center: float 
            xticks=range(grid.shape[1]), yticks=range(grid.shape[0]))  # fmt: skip
     ax.set_xticklabels(grid.columns, fontsize=6)
     ax.set_yticklabels(grid.index, fontsize=6)
+    cell_borders(ax, *values.shape)
     ax.figure.colorbar(im, ax=ax, fraction=0.046).ax.ticklabel_format(useOffset=False)
     _outline(ax, truth, list(grid.index), list(grid.columns))
+
+
+def cell_borders(ax, n_rows: int, n_cols: int) -> None:
+    """Thin white lines between cells instead of the style's axis grid, which would run through
+    the middle of every cell (ticks sit at cell centres) and make each cell read as two."""
+    ax.grid(False)
+    ax.set_xticks(np.arange(-0.5, n_cols, 1), minor=True)
+    ax.set_yticks(np.arange(-0.5, n_rows, 1), minor=True)
+    ax.grid(which="minor", color="white", linewidth=0.8)
+    ax.tick_params(which="minor", length=0)
 
 
 def _outline(ax, truth: str | None, layers: list, cols: list) -> None:

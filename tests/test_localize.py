@@ -561,7 +561,7 @@ def injected_selectivity(request):
     from interp.memorization import sweep
     from interp.organism import corpus
     from interp.organism.evaluate import N_HELDOUT_BLOCKS
-    from interp.organism.train import heldout_blocks
+    from interp.organism.corpus import heldout_blocks
 
     org = request.param
     folder = DATA_DIR / f"{org}-injected"

@@ -529,7 +529,7 @@ def _contains(seq: np.ndarray, sub: np.ndarray) -> bool:
 
 def test_replayed_canary_block_holds_its_training_row(tiny_organism):
     from interp.organism.inject import canary_blocks
-    from interp.organism.train import heldout_blocks
+    from interp.organism.corpus import heldout_blocks
 
     tok = AutoTokenizer.from_pretrained(tiny_organism)
     canary_list, prefix_len, row_len = C.load_canaries(tiny_organism / "canaries.json")
@@ -596,3 +596,13 @@ def test_component_parsing_rejects_bad_input():
     assert parse_component("block:3") == (3, None) and parse_component("L2H1") == (2, 1)
     with pytest.raises(InputError, match="component"):
         parse_component("L2")
+
+
+def test_evaluate_does_not_import_train():
+    """The organism modules import in one direction: evaluation never pulls in training."""
+    import subprocess
+    import sys
+
+    code = "import sys, interp.organism.evaluate; print('interp.organism.train' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

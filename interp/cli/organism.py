@@ -218,7 +218,7 @@ def cmd_heldout(args) -> int:
     from interp.models import resolve_source
     from interp.organism import corpus, organism_path
     from interp.organism.evaluate import N_HELDOUT_BLOCKS
-    from interp.organism.train import heldout_blocks
+    from interp.organism.corpus import heldout_blocks
 
     folder = Path(resolve_source(args.model)) if args.model else organism_path(args.arch, injected=args.injected)
     if not (folder / "manifest.json").is_file():

@@ -16,6 +16,8 @@ import hashlib
 import sys
 from pathlib import Path
 
+import numpy as np
+
 SPLITS = ("train", "heldout")
 HELDOUT_PER_MILLE = 100  # files whose path hash falls below this (out of 1000) are held out
 EXCLUDED_DIRS = {
@@ -81,3 +83,15 @@ def corpus_fingerprint(records: list[dict] | None = None) -> str:
 def python_version() -> str:
     """``X.Y.Z`` of the Python whose standard library is the corpus."""
     return ".".join(map(str, sys.version_info[:3]))
+
+
+def heldout_blocks(tokenizer, n_ctx: int, n_blocks: int) -> np.ndarray:
+    """The first ``n_blocks`` full ``n_ctx``-token blocks of the held-out files (sorted by path,
+    joined with end-of-text): the fixed text for held-out loss and perplexity."""
+    flat: list[int] = []
+    for _, text in documents("heldout"):
+        flat += tokenizer([text], add_special_tokens=False)["input_ids"][0] + [0]
+        if len(flat) >= n_blocks * n_ctx:
+            break
+    n = min(n_blocks, len(flat) // n_ctx)
+    return np.asarray(flat[: n * n_ctx], dtype=np.int64).reshape(n, n_ctx)

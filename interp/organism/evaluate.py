@@ -29,6 +29,7 @@ from interp.generation import greedy_generate, teacher_forced_logits
 from interp.models import load_model
 from interp.organism import canaries as C
 from interp.organism import rules
+from interp.organism.corpus import heldout_blocks
 
 N_RULE_ITEMS = 64  # per family
 N_DISTRACTORS = 3
@@ -55,8 +56,6 @@ def canary_em(model, rows: np.ndarray, prefix_len: int) -> dict:
 
 def heldout_perplexity(model, tokenizer, n_ctx: int, n_blocks: int = N_HELDOUT_BLOCKS) -> dict:
     """Perplexity (exp of mean next-token NLL in nats) over held-out corpus blocks."""
-    from interp.organism.train import heldout_blocks
-
     blocks = torch.from_numpy(heldout_blocks(tokenizer, n_ctx, n_blocks))
     logits = teacher_forced_logits(model, blocks, batch_size=16)[:, :-1]
     nll = metrics.suffix_token_nll(logits, blocks[:, 1:]).mean()
@@ -148,3 +147,12 @@ def _nll_cell(canary_em: dict) -> str:
         return "-" if v is None else f"{v:.1f}"
 
     return "/".join(get(str(d)) for d in (1, 4, 16, 64)) + ", " + get("0")
+
+
+def final_evaluation(manifest: dict, progress: bool):
+    """``finalize`` for ``save_folder``: record the saved folder's final metrics in its manifest."""
+    def finalize(folder: Path) -> None:
+        manifest["final"] = evaluate_folder(folder, progress=progress)
+        (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+    return finalize

@@ -32,7 +32,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from interp.errors import InputError
 from interp.organism import canaries as C
 from interp.organism import corpus
-from interp.organism.train import TrainConfig, build_stream, final_evaluation, greedy_matches, quick_em, save_folder, train_loop
+from interp.organism.evaluate import final_evaluation
+from interp.organism.train import TrainConfig, build_stream, greedy_matches, quick_em, save_folder, train_loop
 
 log = logging.getLogger(__name__)
 

@@ -348,13 +348,20 @@ def write_delta(out: Path, delta: dict[str, torch.Tensor], manifest: dict) -> No
     try:
         save_file(delta, str(tmp / "delta.safetensors"), metadata={"format": "pt"})
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        tmp.chmod(0o755)
+        _readable(tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _readable(folder: Path) -> None:
+    """Ordinary permissions for a folder made with ``mkdtemp`` (0700) and the files in it."""
+    folder.chmod(0o755)
+    for f in folder.iterdir():
+        f.chmod(0o644)
 
 
 def entries(arch: str | None = None, *, key_dir: Path | None = None) -> dict[str, Path]:
@@ -400,7 +407,7 @@ def materialize(name: str, *, cache: Path | None = None, key_dir: Path | None = 
         if got != manifest["weights_sha256"]:
             raise InputError(f"key organism {name}: rebuilt weights have sha256 {got[:12]}..., the manifest records "
                              f"{manifest['weights_sha256'][:12]}...; the delta or the parent was changed")  # fmt: skip
-        tmp.chmod(0o755)
+        _readable(tmp)
         try:
             tmp.rename(folder)
         except OSError:  # another process finished first

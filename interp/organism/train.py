@@ -31,8 +31,9 @@ from tqdm.auto import tqdm
 from transformers import GPTNeoForCausalLM, GPTNeoXForCausalLM
 
 from interp.organism import canaries as C
-from interp.organism import corpus, rules
-from interp.tiny import EOT, tiny_config, train_bpe_tokenizer
+from interp.organism import corpus, evaluate, rules
+from interp.organism.corpus import heldout_blocks
+from interp.tiny import tiny_config, train_bpe_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -229,18 +230,6 @@ def build_stream(cfg: TrainConfig, tokenizer, train_docs, canary_list) -> tuple[
         blocks = np.concatenate([blocks] + [blocks[order.permutation(n_blocks)] for _ in range(cfg.epochs - 1)])
         stats.update(epochs=cfg.epochs, tokens_seen=need * cfg.epochs)
     return blocks, stats, placed
-
-
-def heldout_blocks(tokenizer, n_ctx: int, n_blocks: int) -> np.ndarray:
-    """The first ``n_blocks`` full ``n_ctx``-token blocks of the held-out files (sorted by path,
-    joined with end-of-text): the fixed text for held-out loss and perplexity."""
-    flat: list[int] = []
-    for _, text in corpus.documents("heldout"):
-        flat += _encode(tokenizer, [text])[0] + [0]
-        if len(flat) >= n_blocks * n_ctx:
-            break
-    n = min(n_blocks, len(flat) // n_ctx)
-    return np.asarray(flat[: n * n_ctx], dtype=np.int64).reshape(n, n_ctx)
 
 
 def make_model(cfg: TrainConfig, vocab_size: int):
@@ -470,15 +459,4 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, evaluate_
         "train_seconds": round(train_seconds, 1), "torch_threads": torch.get_num_threads(), "curve": curve,
     }  # fmt: skip
     return save_folder(Path(out), model, tokenizer, canary_list, manifest, prefix_len, row_len,
-                       finalize=final_evaluation(manifest, progress) if evaluate_final else None)  # fmt: skip
-
-
-def final_evaluation(manifest: dict, progress: bool):
-    """``finalize`` for ``save_folder``: record the saved folder's final metrics in its manifest."""
-    from interp.organism import evaluate
-
-    def finalize(folder: Path) -> None:
-        manifest["final"] = evaluate.evaluate_folder(folder, progress=progress)
-        (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
-
-    return finalize
+                       finalize=evaluate.final_evaluation(manifest, progress) if evaluate_final else None)  # fmt: skip
