@@ -4,6 +4,7 @@ round trip, and materialization of the shipped key from a clean clone."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 import json
 
 import numpy as np
@@ -273,3 +274,38 @@ def test_build_position_ships_or_records_a_failure_on_a_tiny_parent(tiny_parent,
     assert set(sham["trials"][0]["clauses"]) == {"V3", "V4"}
     if sham["status"] == "shipped":
         assert K.load_entry("tiny-sham", key_dir=tmp_path / "key")[1]["kind"] == "sham"
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    from interp.cli import main
+
+    rc = main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_cli_list_and_path(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("INTERP_CACHE_DIR", str(tmp_path))
+    rc, out, _ = _cli(["organism", "list", "--json"], capsys)
+    rows = json.loads(out)
+    assert rc == 0 and {r["name"] for r in rows} == set(SHIPPED)
+    assert all(r["valid"] for r in rows)
+    rc, out, _ = _cli(["organism", "list", "--arch", "neo"], capsys)
+    assert rc == 0 and "neo-sham" in out and "neox-sham" not in out
+    rc, out, _ = _cli(["organism", "path", "neox-sham"], capsys)
+    folder = Path(out.strip())
+    assert rc == 0 and folder.parent == tmp_path / "organisms" and (folder / "model.safetensors").is_file()
+    assert json.loads((folder / "manifest.json").read_text())["injected_component"] == K.load_entry("neox-sham")[1]["component"]
+
+
+@pytest.mark.parametrize("argv", [["organism", "path", "neox-L9H9"], ["organism", "path", "neox-sham", "--injected"],
+                                  ["organism", "build-key", "--arch", "neox", "--only", "neox-block99"],
+                                  ["organism", "build-key", "--arch", "gpt2"]])  # fmt: skip
+def test_cli_bad_key_input_is_one_sentence(argv, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("INTERP_CACHE_DIR", str(tmp_path))
+    rc, out, err = _cli(argv, capsys)
+    assert rc == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -75,3 +75,40 @@ def test_bootstrap_interval_covers_the_mean_and_shrinks_with_more_organisms():
     _, lo2, hi2 = bootstrap_mean([0.0, 1.0, 1.0, 0.0, 1.0] * 20, seed=1)
     assert hi2 - lo2 < hi - lo
     assert bootstrap_mean([0.5]) == (0.5, 0.5, 0.5)
+
+
+# ---------------------------------------------------------------- removal scores against the HF modules
+
+
+def test_removal_scores_against_a_direct_bypass_on_the_hf_modules(tiny_dir):
+    import torch
+    from reference import HFBypass, load_hf
+
+    from interp.localize import removal_scores
+    from interp.models import load_model
+
+    model, hf = load_model(tiny_dir), load_hf(tiny_dir)
+    g = torch.Generator().manual_seed(3)
+    rows = torch.randint(1, 500, (6, 24), generator=g).numpy()
+    held = torch.randint(1, 500, (3, 20), generator=g).numpy()
+    n_secret = [1, 3, 5, 2, 8, 4]
+    prefix = 16
+    comps = ["block:0", "block:1", "L0H1", "L1H3"]
+    got = removal_scores(model, rows, n_secret, prefix, held, comps).set_index("component")
+
+    def direct(layers, heads):
+        with torch.no_grad(), HFBypass(hf, layers, heads):
+            lr = torch.log_softmax(hf(torch.from_numpy(rows)).logits.double(), -1)
+            lh = torch.log_softmax(hf(torch.from_numpy(held)).logits.double(), -1)
+        x = torch.from_numpy(rows)
+        tok = -lr[:, prefix - 1 : -1].gather(-1, x[:, prefix:, None])[..., 0]
+        s = np.mean([float(tok[i, :k].mean()) for i, k in enumerate(n_secret)])
+        h = float((-lh[:, :-1].gather(-1, torch.from_numpy(held)[:, 1:, None])[..., 0]).mean())
+        return s, h
+
+    s0, h0 = direct([], None)
+    for comp, (layers, heads) in {"block:0": ([0], None), "block:1": ([1], None), "L0H1": ([0], [1]), "L1H3": ([1], [3])}.items():
+        s, h = direct(layers, heads)
+        assert got.loc[comp, "secret_nll_increase"] == pytest.approx(s - s0, abs=2e-4)
+        assert got.loc[comp, "heldout_nll_increase"] == pytest.approx(h - h0, abs=2e-4)
+        assert got.loc[comp, "score"] == pytest.approx((s - s0) - (h - h0), abs=4e-4)

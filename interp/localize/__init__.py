@@ -23,8 +23,10 @@
   first drop is much larger than the other two.
 
 Modules: ``head_sweep`` (the per-head bypass sweep), ``ranking``, ``selectivity``,
-``ground_truth`` (the injected component of an organism), ``recall`` (Recall@k) and
-``knockout``; every public name is re-exported here.
+``ground_truth`` (the injected component of an organism), ``recall`` (Recall@k),
+``knockout``, ``key_scores`` (canary-specific removal scores for the answer key) and
+``truth_metrics`` (Recall@k, MRR, AUROC with ties in expectation, bootstrap over
+organisms); every public name is re-exported here.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ from interp.localize.selectivity import (
 )
 from interp.localize.ground_truth import injected_component
 from interp.localize.recall import recall_at_k, recall_at_k_ties_random, recall_table
+from interp.localize.truth_metrics import bootstrap_mean, chance_levels, truth_metrics
+from interp.localize.key_scores import KEY_SCORE_COLUMNS, removal_scores, secret_nll
 from interp.localize.knockout import (
     GeneralScore,
     benchmark_score,
@@ -54,6 +58,12 @@ from interp.localize.knockout import (
 )
 
 __all__ = [
+    "KEY_SCORE_COLUMNS",
+    "bootstrap_mean",
+    "chance_levels",
+    "removal_scores",
+    "secret_nll",
+    "truth_metrics",
     "GeneralScore",
     "RANKING_COLUMNS",
     "RowHeadBypass",
