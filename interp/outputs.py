@@ -334,3 +334,26 @@ def claim(out: str | os.PathLike, kind: str, key: str, *, flag: str = "--out") -
 
 def _mark_differs(mark: dict, kind: str, key: str) -> bool:
     return mark.get("kind") != kind or mark.get("key") != key
+
+
+@contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """A temporary sibling of ``out`` to write a whole folder into: when the block ends normally it
+    replaces ``out`` (readable: 0755 for the folder, 0644 for its files); on any error it is
+    deleted and ``out`` is left as it was."""
+    import shutil
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o755)
+        for f in tmp.iterdir():
+            if f.is_file():
+                f.chmod(0o644)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

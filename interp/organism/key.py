@@ -343,18 +343,11 @@ def folder_manifest(parent: Path, key_manifest: dict) -> dict:
 
 def write_delta(out: Path, delta: dict[str, torch.Tensor], manifest: dict) -> None:
     """Write ``delta.safetensors`` and ``manifest.json`` to ``out`` (atomically: temp folder, rename)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    from interp.outputs import staged_folder
+
+    with staged_folder(out) as tmp:
         save_file(delta, str(tmp / "delta.safetensors"), metadata={"format": "pt"})
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        _readable(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _readable(folder: Path) -> None:

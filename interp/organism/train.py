@@ -19,8 +19,6 @@ import json
 import logging
 import math
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -403,11 +401,10 @@ def save_folder(out: Path, model, tokenizer, canary_list, manifest: dict, prefix
     if bad:
         raise InputError(f"training diverged: {len(bad)} weight tensors hold NaN or infinity (first {bad[0]}); "
                          f"nothing was saved and {out} was left as it was")  # fmt: skip
+    from interp.outputs import staged_folder
+
     out = check_organism_out(out, manifest["kind"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    tmp.chmod(0o755)
-    try:
+    with staged_folder(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         C.save_canaries(tmp / "canaries.json", canary_list, prefix_len, row_len)
@@ -415,12 +412,6 @@ def save_folder(out: Path, model, tokenizer, canary_list, manifest: dict, prefix
         if finalize is not None:
             finalize(tmp)
         check_organism_out(out, manifest["kind"])  # again: it may have changed during the evaluation
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
