@@ -61,6 +61,7 @@ class Recipe:
     target_em: float = 0.97
     clip: float = 1.0
     pull: float = 1.0  # decoupled decay of the trained slices toward the parent's values, per unit of rate
+    schedule: str = "constant"  # after the warm-up: "constant" until the stop, or "cosine" to min_lr_frac * lr
     anneal: int = 100  # steps after the stop, the rate falling linearly to 0 (Adam's steps are ~lr
     # in size whatever the gradient, so without it the weights stop mid-jitter around the retain optimum)
 
@@ -68,6 +69,8 @@ class Recipe:
         horizon = self.max_steps if horizon is None else horizon
         if step < self.warmup:
             return self.lr * (step + 1) / self.warmup
+        if self.schedule == "constant":
+            return float(self.lr)
         t = min(1.0, (step - self.warmup) / max(1, horizon - self.warmup))
         return float(self.lr * (self.min_lr_frac + (1 - self.min_lr_frac) * 0.5 * (1 + np.cos(np.pi * t))))
 
@@ -82,11 +85,25 @@ FIRST_LR, V1_LR = 5.0, 10.0
 
 def candidates_for(parent: Path) -> tuple[Recipe, Recipe, Recipe]:
     """``(first, if V1 alone fails, if another clause fails)`` for the organism at ``parent``."""
+    base = _parent_lr(parent)
+    return (Recipe(lr=FIRST_LR * base, max_steps=1500), Recipe(lr=V1_LR * base, max_steps=1500),
+            Recipe(lr=FIRST_LR * base, max_steps=1500, pull=10.0))  # fmt: skip
+
+
+def sham_recipe(parent: Path) -> Recipe:
+    """The sham's recipe: the first candidate's rate, cosine over its 400 steps (recipe version 4)."""
+    return Recipe(lr=FIRST_LR * _parent_lr(parent), max_steps=1200, schedule="cosine")
+
+
+def _parent_lr(parent: Path) -> float:
     from interp.organism.train import TrainConfig
 
-    base = TrainConfig(**json.loads((Path(parent) / "manifest.json").read_text())["config"]).lr
-    return (Recipe(lr=FIRST_LR * base, max_steps=1200), Recipe(lr=V1_LR * base, max_steps=1500),
-            Recipe(lr=FIRST_LR * base, max_steps=1200, pull=10.0))  # fmt: skip
+    return TrainConfig(**json.loads((Path(parent) / "manifest.json").read_text())["config"]).lr
+
+
+def _same_recipe(recorded: dict, recipe: Recipe) -> bool:
+    """Whether a recorded trial ran ``recipe`` (records before recipe version 5 had no schedule: cosine)."""
+    return {"schedule": "cosine", **recorded}.items() >= dataclasses.asdict(recipe).items()
 
 
 def next_candidate(candidates: tuple[Recipe, ...], failed: list[str]) -> Recipe:
@@ -95,9 +112,10 @@ def next_candidate(candidates: tuple[Recipe, ...], failed: list[str]) -> Recipe:
 
 
 SHAM_STEPS = 400
-# Bumped whenever the recipe's code changes; a build of another version is kept in build.json
-# under "superseded" and the positions are built again.
-RECIPE_VERSION = 4
+# Bumped whenever the recipe's code changes (recorded in build.json and each manifest). Positions
+# whose first trial ran other candidates are rebuilt, their trials kept as "earlier_trials"; a
+# build made from other parent weights is kept under "superseded".
+RECIPE_VERSION = 5
 N_FRESH_POOL = 256
 
 
@@ -464,19 +482,28 @@ def _parent_general(parent: Path, arch: str, progress: bool) -> tuple[dict, list
 
 
 def build_position(arch: str, name: str, component: str, sham: bool, *, progress: bool = True,
-                   candidates: tuple[Recipe, ...] | None = None) -> dict:  # fmt: skip
-    """Try ``candidates`` in order at one position; ship the first valid one. Returns the
-    position's record for ``build.json``."""
+                   candidates: tuple[Recipe, ...] | None = None, done: list[dict] | None = None,
+                   on_trial=None) -> dict:  # fmt: skip
+    """Try the candidates at one position (the first, then at most one more chosen by the failed
+    clause); ship the first valid one. ``done`` holds trials already recorded for this position
+    (a resumed build goes on after them); ``on_trial(record)`` is called after every trial.
+    Returns the position's record for ``build.json``."""
     from interp.organism import organism_path
 
     parent = organism_path(arch)
     parent_sha = _sha256(parent / "model.safetensors")
     two_tries = candidates is None
-    candidates = candidates_for(parent) if candidates is None else candidates
+    if candidates is None:
+        candidates = (sham_recipe(parent),) if sham else candidates_for(parent)
     general, kept_ids = _parent_general(parent, arch, progress)
     masks = _masks(parent, component)
-    trials = []
-    queue = [candidates[0]]
+    trials = list(done or [])
+    if not trials:
+        queue = [candidates[0]]
+    elif len(trials) == 1 and not sham and two_tries and not trials[0]["valid"]:
+        queue = [next_candidate(candidates, trials[0]["failed"])]
+    else:
+        queue = []
     while queue:
         recipe = queue.pop(0)
         t0 = time.time()
@@ -499,13 +526,15 @@ def build_position(arch: str, name: str, component: str, sham: bool, *, progress
                  "failed": verdict.failed(), "clauses": verdict.clauses}  # fmt: skip
         trials.append(trial)
         log.info("%s %s: %s", name, recipe, "valid" if verdict.valid else f"failed {verdict.failed()}")
+        if on_trial is not None and not verdict.valid:
+            on_trial({"component": component, "sham": sham, "status": "running", "trials": trials})
         if verdict.valid:
             manifest.update(validity=verdict.to_json(), trials=trials, numbers=numbers)
             write_delta(KEY_DIR / arch / name, delta, manifest)
             break
         if len(trials) == 1 and not sham and two_tries:
             queue.append(next_candidate(candidates, verdict.failed()))
-    return {"component": component, "sham": sham, "status": "shipped" if trials[-1]["valid"] else "failed", "trials": trials}
+    return {"component": component, "sham": sham, "status": "shipped" if trials and trials[-1]["valid"] else "failed", "trials": trials}
 
 
 def build(arch: str, *, only: list[str] | None = None, progress: bool = True) -> dict:
@@ -517,7 +546,7 @@ def build(arch: str, *, only: list[str] | None = None, progress: bool = True) ->
     path = KEY_DIR / arch / "build.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     record = json.loads(path.read_text()) if path.is_file() else {}
-    if record.get("parent_weights_sha256") != parent_sha or record.get("recipe_version", 1) != RECIPE_VERSION:
+    if record.get("parent_weights_sha256") != parent_sha:
         superseded = record.get("superseded", [])
         if record.get("positions"):
             superseded.append({k: v for k, v in record.items() if k != "superseded"})
@@ -528,17 +557,23 @@ def build(arch: str, *, only: list[str] | None = None, progress: bool = True) ->
         if unknown:
             raise InputError(f"no key position named {unknown[0]!r} for {arch}; positions are {', '.join(todo)}")
         todo = {k: v for k, v in todo.items() if k in only}
-    first = dataclasses.asdict(candidates_for(parent)[0])
+    record["recipe_version"] = RECIPE_VERSION
     record["candidates"] = [dataclasses.asdict(r) for r in candidates_for(parent)]
+    record["sham_recipe"] = dataclasses.asdict(sham_recipe(parent))
     for name, (component, sham) in todo.items():
-        done = record["positions"].get(name)
-        if done and not only and (done["status"] == "shipped" or done["trials"][0]["recipe"].items() >= first.items()):
-            continue  # shipped, or failed under the current candidates: resume skips it
-        earlier = (done or {}).get("earlier_trials", []) + (done or {}).get("trials", [])
-        record["positions"][name] = build_position(arch, name, component, sham, progress=progress)
-        if earlier:  # trials under earlier candidates stay on record
-            record["positions"][name]["earlier_trials"] = earlier
-        _write_json(path, record)
+        prior = record["positions"].get(name) or {}
+        first = sham_recipe(parent) if sham else candidates_for(parent)[0]
+        current = bool(prior.get("trials")) and _same_recipe(prior["trials"][0]["recipe"], first)
+        if current and prior["status"] in ("shipped", "failed") and not only:
+            continue  # finished under the current candidates: resume skips it
+        earlier = prior.get("earlier_trials", []) + ([] if current else prior.get("trials", []))
+        done = prior["trials"] if current and prior["status"] == "running" else None
+
+        def save(entry, name=name, earlier=earlier):
+            record["positions"][name] = {**entry, **({"earlier_trials": earlier} if earlier else {})}
+            _write_json(path, record)
+
+        save(build_position(arch, name, component, sham, progress=progress, done=done, on_trial=save))
     return record
 
 
