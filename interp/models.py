@@ -37,6 +37,10 @@ def resolve_source(source: str | os.PathLike) -> str:
         if arch not in ("neox", "neo", "neox-injected", "neo-injected"):
             from interp.organism import key
 
+            if arch not in key.entries():
+                names = ", ".join(key.entries()) or "none shipped"
+                raise InputError(f"organism architecture must be 'neox' or 'neo' (optionally '-injected'), or a key "
+                                 f"organism ({names}); got {arch!r}")  # fmt: skip
             return str(key.materialize(arch))
         injected = arch.endswith("-injected")
         return str(organism_path(arch.removesuffix("-injected"), injected=injected))

@@ -299,6 +299,9 @@ def test_cli_list_and_path(capsys, tmp_path, monkeypatch):
     folder = Path(out.strip())
     assert rc == 0 and folder.parent == tmp_path / "organisms" and (folder / "model.safetensors").is_file()
     assert json.loads((folder / "manifest.json").read_text())["injected_component"] == K.load_entry("neox-sham")[1]["component"]
+    from interp.models import resolve_source
+
+    assert resolve_source("organism:neox-sham") == str(folder)  # a model spec like any other
 
 
 @pytest.mark.parametrize("argv", [["organism", "path", "neox-L9H9"], ["organism", "path", "neox-sham", "--injected"],

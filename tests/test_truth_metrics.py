@@ -57,7 +57,7 @@ def test_all_equal_scores_give_the_chance_levels():
 def test_random_scores_average_to_chance():
     rng = np.random.default_rng(0)
     n, trials = 6, 4000
-    got = np.mean([list(truth_metrics(dict(enumerate(rng.random(n))), 0).values()) for _ in range(trials)], axis=0)
+    got = np.mean([list(truth_metrics({str(i): float(v) for i, v in enumerate(rng.random(n))}, "0").values()) for _ in range(trials)], axis=0)
     want = list(chance_levels(n).values())
     assert got == pytest.approx(want, abs=0.03)
 
