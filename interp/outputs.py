@@ -336,6 +336,14 @@ def _mark_differs(mark: dict, kind: str, key: str) -> bool:
     return mark.get("kind") != kind or mark.get("key") != key
 
 
+def make_readable(folder: Path) -> None:
+    """Ordinary permissions for a folder made by ``mkdtemp`` (0700) and the files in it."""
+    folder.chmod(0o755)
+    for f in folder.iterdir():
+        if f.is_file():
+            f.chmod(0o644)
+
+
 @contextmanager
 def staged_folder(out: Path) -> Iterator[Path]:
     """A temporary sibling of ``out`` to write a whole folder into: when the block ends normally it
@@ -347,10 +355,7 @@ def staged_folder(out: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         yield tmp
-        tmp.chmod(0o755)
-        for f in tmp.iterdir():
-            if f.is_file():
-                f.chmod(0o644)
+        make_readable(tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

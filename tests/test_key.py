@@ -134,10 +134,10 @@ def test_delta_round_trips_to_identical_weights(tiny_parent, tiny_trained, tmp_p
     staging = tmp_path / "staging"
     staging.mkdir()
     manifest = {"format": K.FORMAT, "name": "tiny-L1H2", "parent_arch": "neox", "component": "L1H2", "kind": "injected",
-                "parent_weights_sha256": K._sha256(tiny_parent / "model.safetensors"),
+                "parent_weights_sha256": K.file_sha256(tiny_parent / "model.safetensors"),
                 "canaries": [__import__("dataclasses").asdict(c) for c in targets]}  # fmt: skip
     K._assemble(tiny_parent, delta, targets, K.folder_manifest(tiny_parent, manifest), staging)
-    manifest["weights_sha256"] = K._sha256(staging / "model.safetensors")
+    manifest["weights_sha256"] = K.file_sha256(staging / "model.safetensors")
     key_dir = tmp_path / "key"
     K.write_delta(key_dir / "neox" / "tiny-L1H2", delta, manifest)
     folder = K.materialize("tiny-L1H2", cache=tmp_path / "cache", key_dir=key_dir, parent=tiny_parent)

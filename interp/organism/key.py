@@ -6,9 +6,10 @@
 - ``write_delta`` / ``materialize``: an organism ships as the changed tensors
   (``delta.safetensors``) and ``manifest.json``; ``materialize`` rebuilds the complete Hugging Face
   folder in the interp cache on first use, and checks the rebuilt weights' sha256.
-- ``build``: for each position of a family (every block, seeded head positions, the sham), try the
-  recipe's candidates in order until one passes ``interp.organism.validity``; ship it, record
-  every trial. Each finished position is written at once, so an interrupted build resumes.
+- ``build``: for each position of a family (every block, seeded head positions, the sham), train
+  the first candidate recipe and, if the rule (``interp.organism.validity``) fails it, one more
+  chosen by the failed clause; ship the first valid one. Every trial is written to
+  ``build.json`` as it ends, so an interrupted build resumes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import random
 import shutil
 import tempfile
@@ -31,6 +31,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from interp.errors import InputError
+from interp.fingerprint import cache_dir, file_sha256
+from interp.outputs import make_readable, staged_folder
+from interp.results import write_json
 from interp.organism import DATA_DIR
 from interp.organism import canaries as C
 from interp.organism import validity as V
@@ -312,14 +315,6 @@ def _kl_ref(logits: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- shipping: deltas and materialization
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def changed_tensors(parent_weights: Path, model) -> dict[str, torch.Tensor]:
     """The stored tensors of ``model`` (as ``save_pretrained`` writes them) that differ from the
     parent's stored ones."""
@@ -361,18 +356,9 @@ def folder_manifest(parent: Path, key_manifest: dict) -> dict:
 
 def write_delta(out: Path, delta: dict[str, torch.Tensor], manifest: dict) -> None:
     """Write ``delta.safetensors`` and ``manifest.json`` to ``out`` (atomically: temp folder, rename)."""
-    from interp.outputs import staged_folder
-
     with staged_folder(out) as tmp:
         save_file(delta, str(tmp / "delta.safetensors"), metadata={"format": "pt"})
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-
-
-def _readable(folder: Path) -> None:
-    """Ordinary permissions for a folder made with ``mkdtemp`` (0700) and the files in it."""
-    folder.chmod(0o755)
-    for f in folder.iterdir():
-        f.chmod(0o644)
 
 
 def entries(arch: str | None = None, *, key_dir: Path | None = None) -> dict[str, Path]:
@@ -396,12 +382,11 @@ def materialize(name: str, *, cache: Path | None = None, key_dir: Path | None = 
     """The complete Hugging Face folder of the key organism ``name``, built from its delta and its
     parent (default: the shipped organism of its family) in the interp cache on first use
     (offline; atomic; checked against the recorded sha256 of the weights)."""
-    from interp.fingerprint import cache_dir
     from interp.organism import organism_path
 
     entry, manifest = load_entry(name, key_dir=key_dir)
     parent = Path(parent) if parent is not None else organism_path(manifest["parent_arch"])
-    if _sha256(parent / "model.safetensors") != manifest["parent_weights_sha256"]:
+    if file_sha256(parent / "model.safetensors") != manifest["parent_weights_sha256"]:
         raise InputError(f"key organism {name} was made from other {manifest['parent_arch']} weights than the shipped ones")
     tag = manifest["weights_sha256"][:16]
     root = (cache or cache_dir()) / "organisms"
@@ -414,11 +399,11 @@ def materialize(name: str, *, cache: Path | None = None, key_dir: Path | None = 
         delta = load_file(str(entry / "delta.safetensors"))
         targets = [C.Canary(**{**c, "lead": tuple(c["lead"])}) for c in manifest["canaries"]]
         _assemble(parent, delta, targets, folder_manifest(parent, manifest), tmp)
-        got = _sha256(tmp / "model.safetensors")
+        got = file_sha256(tmp / "model.safetensors")
         if got != manifest["weights_sha256"]:
             raise InputError(f"key organism {name}: rebuilt weights have sha256 {got[:12]}..., the manifest records "
                              f"{manifest['weights_sha256'][:12]}...; the delta or the parent was changed")  # fmt: skip
-        _readable(tmp)
+        make_readable(tmp)
         try:
             tmp.rename(folder)
         except OSError:  # another process finished first
@@ -448,12 +433,6 @@ def positions(parent: Path, arch: str) -> dict[str, tuple[str, bool]]:
     return out
 
 
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def _masks(parent: Path, component: str) -> dict[str, torch.Tensor]:
     """The declared component's 0/1 masks over the parent's parameters (V4)."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -468,7 +447,7 @@ def _masks(parent: Path, component: str) -> dict[str, torch.Tensor]:
 def _parent_general(parent: Path, arch: str, progress: bool) -> tuple[dict, list[str]]:
     """The parent's numbers that do not depend on the injected canaries (cached per parent weights)."""
     path = KEY_DIR / arch / "parent_numbers.json"
-    sha = _sha256(parent / "model.safetensors")
+    sha = file_sha256(parent / "model.safetensors")
     if path.is_file():
         data = json.loads(path.read_text())
         if data.get("parent_weights_sha256") == sha:
@@ -477,7 +456,7 @@ def _parent_general(parent: Path, arch: str, progress: bool) -> tuple[dict, list
     plist, _, _ = C.load_canaries(parent / "canaries.json")
     numbers = V.model_numbers(parent, injected=[], parent_memorized=kept, heldout=C.select(plist, C.HELDOUT), progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_json(path, {"parent_weights_sha256": sha, "numbers": numbers, "parent_memorized_ids": [c.id for c in kept]})
+    write_json({"parent_weights_sha256": sha, "numbers": numbers, "parent_memorized_ids": [c.id for c in kept]}, path)
     return numbers, [c.id for c in kept]
 
 
@@ -491,7 +470,7 @@ def build_position(arch: str, name: str, component: str, sham: bool, *, progress
     from interp.organism import organism_path
 
     parent = organism_path(arch)
-    parent_sha = _sha256(parent / "model.safetensors")
+    parent_sha = file_sha256(parent / "model.safetensors")
     two_tries = candidates is None
     if candidates is None:
         candidates = (sham_recipe(parent),) if sham else candidates_for(parent)
@@ -518,7 +497,7 @@ def build_position(arch: str, name: str, component: str, sham: bool, *, progress
         with tempfile.TemporaryDirectory(prefix=f"key-{name}-") as tmp:
             folder = Path(tmp)
             _assemble(parent, delta, targets, folder_manifest(parent, manifest), folder)
-            manifest["weights_sha256"] = _sha256(folder / "model.safetensors")
+            manifest["weights_sha256"] = file_sha256(folder / "model.safetensors")
             numbers = V.measure(folder, parent, masks, parent_numbers=general, parent_memorized_ids=kept_ids)
         verdict = V.judge(numbers)
         trial = {"recipe": manifest["recipe"], "steps_run": curve[-1]["step"] if curve else 0, "train_seconds": round(train_s, 1),
@@ -542,7 +521,7 @@ def build(arch: str, *, only: list[str] | None = None, progress: bool = True) ->
     from interp.organism import organism_path
 
     parent = organism_path(arch)
-    parent_sha = _sha256(parent / "model.safetensors")
+    parent_sha = file_sha256(parent / "model.safetensors")
     path = KEY_DIR / arch / "build.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     record = json.loads(path.read_text()) if path.is_file() else {}
@@ -571,7 +550,7 @@ def build(arch: str, *, only: list[str] | None = None, progress: bool = True) ->
 
         def save(entry, name=name, earlier=earlier):
             record["positions"][name] = {**entry, **({"earlier_trials": earlier} if earlier else {})}
-            _write_json(path, record)
+            write_json(record, path)
 
         save(build_position(arch, name, component, sham, progress=progress, done=done, on_trial=save))
     return record
