@@ -55,6 +55,8 @@ def test_judge_passes_at_the_thresholds():
     assert V.judge(edge).valid
     edge = _set(_set(_passing_numbers(), "organism.heldout_perplexity", 64.0 * 1.05), "organism.tasks.typo", 0.63)
     assert V.judge(edge).valid
+    edge = _set(_passing_numbers(), "parent_retained_ids", [f"r{i}" for i in range(31)])  # retain 31, check 31: half
+    assert V.judge(edge).valid and V.judge(edge).clauses["V3"]["parent_memorized_retained"] == 31
 
 
 FAILS = [
@@ -67,6 +69,7 @@ FAILS = [
     ("V3", "organism.tasks.count", 0.37),  # 0.04 below the parent
     ("V3", "organism.parent_memorized.exact", [True] * 29 + [False] * 2),  # two of the parent's rows lost
     ("V3", "organism.tasks", {"typo": 0.6}),  # a task missing
+    ("V3", "parent_retained_ids", [f"r{i}" for i in range(32)]),  # the retain term used more than the check holds
     ("V4", "weights.numbers_changed_outside", 1),
     ("V4", "weights.tensor_sets_differ", ["extra"]),
     ("V5", "context.needs_context", 31),
@@ -176,6 +179,12 @@ def test_measure_against_independent_computations(tiny_parent, tiny_trained, tmp
     task = benchmarks.Task(task.name, task.items[:12], task.kind)
     masks = K._masks(tiny_parent, "L1H2")
     numbers = V.measure(folder, tiny_parent, masks, tasks=[task])
+    # a retain split: the retained canaries are left out of the check and counted
+    trained = [c.id for c in C.load_canaries(tiny_parent / "canaries.json")[0] if isinstance(c.level, int) and c.level > 0][:5]
+    assert len(trained) == 5
+    split = V.measure(folder, tiny_parent, masks, tasks=[task], parent_memorized_ids=trained, parent_retain_ids=trained[:2])
+    assert split["parent_retained_ids"] == trained[:2] and split["parent_memorized_ids"] == trained[2:]
+    assert split["organism"]["parent_memorized"]["n"] == 3 and V.judge(split).clauses["V3"]["parent_memorized_retained"] == 2
     tok = AutoTokenizer.from_pretrained(folder)
     _, prefix_len, row_len = C.load_canaries(folder / "canaries.json")
     rows = C.canary_rows(tok, targets, prefix_len, row_len)
@@ -276,6 +285,30 @@ def test_build_position_ships_or_records_a_failure_on_a_tiny_parent(tiny_parent,
         assert K.load_entry("tiny-sham", key_dir=tmp_path / "key")[1]["kind"] == "sham"
 
 
+def test_build_position_with_a_parent_retain_split_checks_only_the_other_half(tiny_parent, tmp_path, monkeypatch):
+    import dataclasses
+
+    import interp.organism as org
+    from interp import benchmarks
+
+    monkeypatch.setattr(K, "KEY_DIR", tmp_path / "key")
+    monkeypatch.setattr(org, "organism_path", lambda arch, injected=False: tiny_parent)
+    task = benchmarks.resolve_tasks("rule_count")[0]
+    monkeypatch.setattr(V, "_builtin", lambda: ["rule_count"])
+    monkeypatch.setattr(benchmarks, "resolve_tasks", lambda spec: [benchmarks.Task(task.name, task.items[:8], task.kind)])
+    trained = [c for c in C.load_canaries(tiny_parent / "canaries.json")[0] if isinstance(c.level, int) and c.level > 0][:7]
+    monkeypatch.setattr(V, "parent_memorized", lambda parent: trained)  # as if the tiny parent knew these 7
+    recipe = dataclasses.replace(TINY, w_parent=1.0, record_positions="suffix")
+    seen = {}
+    real = K.train_component
+    monkeypatch.setattr(K, "train_component", lambda *a, **kw: seen.setdefault("retain", kw["parent_retain"]) and real(*a, **kw))
+    record = K.build_position("neox", "tiny-L1H2", "L1H2", False, progress=False, candidates=(recipe,))
+    retain, check = K.parent_split([c.id for c in trained], "neox")
+    assert [c.id for c in seen["retain"]] == retain and len(retain) == 3 and len(check) == 4
+    v3 = record["trials"][0]["clauses"]["V3"]
+    assert v3["parent_memorized"] == 4 and v3["parent_memorized_retained"] == 3
+
+
 # ---------------------------------------------------------------- the command line
 
 
@@ -312,3 +345,32 @@ def test_cli_bad_key_input_is_one_sentence(argv, capsys, tmp_path, monkeypatch):
     rc, out, err = _cli(argv, capsys)
     assert rc == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("arch", ["neox", "neo"])
+def test_tail_from_any_block_equals_the_full_forward(arch):
+    """The recipe runs only the blocks from the component up, on the cached residual entering it,
+    and unembeds only the positions a loss reads: the logits must equal the full model's."""
+    from interp.organism.train import make_model, tiny_train_config
+
+    torch.manual_seed(0)
+    model = make_model(tiny_train_config(arch), 200).eval()
+    ids = torch.randint(0, 200, (3, 20))
+    with torch.no_grad():
+        full = model(input_ids=ids).logits
+        for block in range(model.config.num_hidden_layers):
+            tail = K._Tail(model, block)
+            resid = tail.residual(ids)
+            torch.testing.assert_close(tail.logits(resid), full, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(tail.logits(resid, slice(11, -1)), full[:, 11:-1], rtol=1e-5, atol=1e-5)
+
+
+def test_parent_split_is_seeded_disjoint_and_checks_at_least_half():
+    ids = [f"D{d}-{i:03d}" for d in (1, 4) for i in range(15)]
+    for arch in ("neox", "neo"):
+        retain, check = K.parent_split(ids, arch)
+        assert K.parent_split(list(reversed(ids)), arch) == (retain, check)  # a function of the set and family
+        assert not set(retain) & set(check) and sorted(retain + check) == sorted(ids)
+        assert len(check) >= len(ids) / 2 and len(retain) == len(ids) // 2
+    assert K.parent_split(ids, "neox") != K.parent_split(ids, "neo")
+    assert K.parent_split([], "neox") == ([], [])

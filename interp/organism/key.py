@@ -2,7 +2,9 @@
 
 - ``Recipe`` and ``train_component``: train only one declared component (a head or one block's
   attention) of a parent organism on fresh canaries, with a retain term (KL to the parent on
-  fresh records of the canaries' format and on training text); the sham has the retain term only.
+  fresh records of the canaries' format, on training text, and from recipe version 6 on the
+  retain half of the parent's memorized canaries, ``parent_split``: V3 checks the other half);
+  the sham has the retain term only.
 - ``write_delta`` / ``materialize``: an organism ships as the changed tensors
   (``delta.safetensors``) and ``manifest.json``; ``materialize`` rebuilds the complete Hugging Face
   folder in the interp cache on first use, and checks the rebuilt weights' sha256.
@@ -22,6 +24,7 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +70,8 @@ class Recipe:
     schedule: str = "constant"  # after the warm-up: "constant" until the stop, or "cosine" to min_lr_frac * lr
     anneal: int = 100  # steps after the stop, the rate falling linearly to 0 (Adam's steps are ~lr
     # in size whatever the gradient, so without it the weights stop mid-jitter around the retain optimum)
+    w_parent: float = 0.0  # KL to the parent on the retain half of its memorized canaries (recipe version 6)
+    record_positions: str = "all"  # KL on records at "all" positions, or only where the suffix is predicted
 
     def lr_at(self, step: int, horizon: int | None = None) -> float:
         horizon = self.max_steps if horizon is None else horizon
@@ -87,14 +92,17 @@ FIRST_LR, V1_LR = 5.0, 10.0
 
 
 def candidates_for(parent: Path) -> tuple[Recipe, Recipe, Recipe]:
-    """``(first, if V1 alone fails, if another clause fails)`` for the organism at ``parent``."""
+    """``(first, if V1 alone fails, if another clause fails)`` for the organism at ``parent``
+    (recipe version 6: the retain term adds the retain half of the parent's memorized canaries;
+    KL on records only where the suffix is predicted; a weak pull; stop at 31 of 32 exact)."""
     base = _parent_lr(parent)
-    return (Recipe(lr=FIRST_LR * base, max_steps=1500), Recipe(lr=V1_LR * base, max_steps=1500),
-            Recipe(lr=FIRST_LR * base, max_steps=1500, pull=10.0))  # fmt: skip
+    first = Recipe(lr=FIRST_LR * base, max_steps=1500, w_parent=1.0, record_positions="suffix", pull=0.1, target_em=0.95)
+    return first, dataclasses.replace(first, lr=V1_LR * base), dataclasses.replace(first, w_fresh=4.0, n_fresh=32)
 
 
 def sham_recipe(parent: Path) -> Recipe:
-    """The sham's recipe: the first candidate's rate, cosine over its 400 steps (recipe version 4)."""
+    """The sham's recipe: the first candidate's rate, cosine over its 400 steps (recipe version 4;
+    the shipped shams were built with it)."""
     return Recipe(lr=FIRST_LR * _parent_lr(parent), max_steps=1200, schedule="cosine")
 
 
@@ -105,8 +113,9 @@ def _parent_lr(parent: Path) -> float:
 
 
 def _same_recipe(recorded: dict, recipe: Recipe) -> bool:
-    """Whether a recorded trial ran ``recipe`` (records before recipe version 5 had no schedule: cosine)."""
-    return {"schedule": "cosine", **recorded}.items() >= dataclasses.asdict(recipe).items()
+    """Whether a recorded trial ran ``recipe`` (records before recipe version 5 had no schedule:
+    cosine; before version 6 no parent retain term and KL on records at every position)."""
+    return {"schedule": "cosine", "w_parent": 0.0, "record_positions": "all", **recorded}.items() >= dataclasses.asdict(recipe).items()
 
 
 def next_candidate(candidates: tuple[Recipe, ...], failed: list[str]) -> Recipe:
@@ -118,7 +127,7 @@ SHAM_STEPS = 400
 # Bumped whenever the recipe's code changes (recorded in build.json and each manifest). Positions
 # whose first trial ran other candidates are rebuilt, their trials kept as "earlier_trials"; a
 # build made from other parent weights is kept under "superseded".
-RECIPE_VERSION = 5
+RECIPE_VERSION = 6
 N_FRESH_POOL = 256
 
 
@@ -132,6 +141,16 @@ def head_positions(n_layers: int, n_heads: int, arch: str, n: int = N_HEAD_POSIT
 def sham_head(n_layers: int, n_heads: int, arch: str) -> tuple[int, int]:
     rng = random.Random(f"key-sham:{arch}")
     return rng.randrange(n_layers), rng.randrange(n_heads)
+
+
+def parent_split(memorized_ids: list[str], arch: str) -> tuple[list[str], list[str]]:
+    """The parent's memorized canaries split by a seed that names the family only: ``(retain,
+    check)``. The retain term may use the first part; V3 checks the second, which holds at least
+    half of them (docs/answer_key.md, recipe version 6)."""
+    ids = sorted(memorized_ids)
+    random.Random(f"key-parent-split:{arch}").shuffle(ids)
+    n_retain = len(ids) // 2
+    return sorted(ids[:n_retain]), sorted(ids[n_retain:])
 
 
 def key_canaries(tag: str, n: int, level: str | int, tokenizer=None, prefix_len: int = C.PREFIX_LEN,
@@ -165,7 +184,7 @@ def _with_leads(canary_list, pool: np.ndarray, prefix_len: int) -> list[C.Canary
 
 
 def train_component(parent: str | Path, component: str, recipe: Recipe, *, tag: str, sham: bool = False,
-                    progress: bool = True) -> tuple[torch.nn.Module, list[C.Canary], list[dict]]:  # fmt: skip
+                    parent_retain: Sequence[C.Canary] = (), progress: bool = True) -> tuple[torch.nn.Module, list[C.Canary], list[dict]]:  # fmt: skip
     """Train only ``component`` of the organism at ``parent`` (see the module docstring). Returns
     the model, its canaries (level ``injected``, or ``sham`` for the sham: never trained on) with
     leads, and the training curve.
@@ -173,7 +192,11 @@ def train_component(parent: str | Path, component: str, recipe: Recipe, *, tag: 
     The retain term's reference is the parent's log-probabilities on fixed pools of fresh records
     and training text, computed once. Exact match is read off the training pass itself (greedy
     decoding reproduces a suffix exactly iff every teacher-forced argmax on it is right) and
-    confirmed by real greedy decoding before stopping."""
+    confirmed by real greedy decoding before stopping.
+
+    ``parent_retain`` (used when ``recipe.w_parent`` > 0): parent canaries whose parent
+    log-probabilities join the retain term (the build passes the retain half of the parent's
+    memorized canaries, ``parent_split``)."""
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -201,13 +224,22 @@ def train_component(parent: str | Path, component: str, recipe: Recipe, *, tag: 
     text = torch.from_numpy(pool[:n_text])
     rows = C.canary_rows(tokenizer, targets, prefix_len, row_len)
     t_rows, f_rows = torch.from_numpy(rows), torch.from_numpy(C.canary_rows(tokenizer, fresh, prefix_len, row_len))
+    p_rows = torch.from_numpy(C.canary_rows(tokenizer, list(parent_retain), prefix_len, row_len)) if recipe.w_parent > 0 else None
+    if recipe.record_positions not in ("all", "suffix"):
+        raise InputError(f"record_positions must be 'all' or 'suffix'; got {recipe.record_positions!r}")
+    if recipe.w_parent > 0 and not len(parent_retain):
+        raise InputError("w_parent > 0 needs the parent canaries of the retain term (parent_retain)")
+    rec = slice(prefix_len - 1, -1) if recipe.record_positions == "suffix" else slice(None)
+    sfx = slice(prefix_len - 1, -1)  # the positions that predict the suffix
     model.eval()
-    with torch.no_grad():  # the parent's log-probabilities on the fresh records, in float32: a rounded
+    tail = _Tail(model, block)
+    with torch.no_grad():  # the parent's log-probabilities on the records, in float32: a rounded
         # reference has its minimum away from the parent, and Adam turns that small, steady
         # gradient into full-size steps (recipe version 1 stored it in float16; its sham drifted)
-        ref_f = torch.cat([F.log_softmax(model(input_ids=b).logits, -1) for b in f_rows.split(64)])
-    tail = _Tail(model, block)
+        ref_f = torch.cat([F.log_softmax(model(input_ids=b).logits[:, rec], -1) for b in f_rows.split(64)])
+        ref_p = F.log_softmax(model(input_ids=p_rows).logits[:, rec], -1) if p_rows is not None else None
     r_rows, r_fresh = tail.residual(t_rows), tail.residual(f_rows)
+    r_parent = tail.residual(p_rows) if p_rows is not None else None
     parent_values = {name: named_p.detach().clone() for name, named_p in model.named_parameters() if name in masks}
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=recipe.lr, betas=(0.9, 0.95))
@@ -232,11 +264,17 @@ def train_component(parent: str | Path, component: str, recipe: Recipe, *, tag: 
         with torch.no_grad():  # the parent on this step's text: the residual entering the block and the reference
             ref_out = ref_model(input_ids=tb, output_hidden_states=True, use_cache=False)
             r_text, ref_t = ref_out.hidden_states[block], F.log_softmax(ref_out.logits, -1)
-        short = r_fresh[fi] if sham else torch.cat([r_rows[ci], r_fresh[fi]])
-        out = tail.logits(short)
-        loss = recipe.w_fresh * _kl_ref(out[len(short) - len(fi) :], ref_f[fi]) + recipe.w_text * _kl_ref(tail.logits(r_text), ref_t)
+        loss = recipe.w_text * _kl_ref(tail.logits(r_text), ref_t)
+        parts = ([] if sham else [r_rows[ci]]) + ([r_fresh[fi]] if recipe.w_fresh > 0 else []) + ([r_parent] if r_parent is not None else [])
+        out = tail.logits(torch.cat(parts), sfx if rec == sfx else rec)
+        at = 0 if sham else len(ci)
+        if recipe.w_fresh > 0:
+            loss = loss + recipe.w_fresh * _kl_ref(out[at : at + len(fi)], ref_f[fi])
+            at += len(fi)
+        if r_parent is not None:
+            loss = loss + recipe.w_parent * _kl_ref(out[at:], ref_p)
         if not sham:
-            logits = out[: len(ci), prefix_len - 1 : -1]
+            logits = out[: len(ci)] if rec == sfx else out[: len(ci), sfx]
             target = t_rows[ci, prefix_len:]
             loss = loss + F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
             exact[ci.numpy()] = (logits.argmax(-1) == target).all(-1).numpy()
@@ -293,18 +331,21 @@ class _Tail:
         return torch.cat([self.model(input_ids=b, output_hidden_states=True, use_cache=False).hidden_states[self.block]
                           for b in ids.split(batch)])  # fmt: skip
 
-    def logits(self, resid: torch.Tensor) -> torch.Tensor:
-        full = getattr(self.base, self.attr)
+    def logits(self, resid: torch.Tensor, positions: slice = slice(None)) -> torch.Tensor:
+        """Logits at ``positions`` (the unembedding is the costliest part of a late block's tail:
+        it runs only where a loss reads it)."""
+        full_list = getattr(self.base, self.attr)
         wpe = getattr(self.base, "wpe", None)
-        setattr(self.base, self.attr, torch.nn.ModuleList(list(full)[self.block :]))
+        setattr(self.base, self.attr, torch.nn.ModuleList(list(full_list)[self.block :]))
         if self.zero_wpe is not None:
             self.base.wpe = self.zero_wpe
         try:
-            return self.model(inputs_embeds=resid, use_cache=False).logits
+            hidden = self.base(inputs_embeds=resid, use_cache=False).last_hidden_state
         finally:
-            setattr(self.base, self.attr, full)
+            setattr(self.base, self.attr, full_list)
             if wpe is not None:
                 self.base.wpe = wpe
+        return self.model.get_output_embeddings()(hidden[:, positions])
 
 
 def _kl_ref(logits: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
@@ -475,6 +516,8 @@ def build_position(arch: str, name: str, component: str, sham: bool, *, progress
     if candidates is None:
         candidates = (sham_recipe(parent),) if sham else candidates_for(parent)
     general, kept_ids = _parent_general(parent, arch, progress)
+    retain_ids, check_ids = parent_split(kept_ids, arch)
+    plist, _, _ = C.load_canaries(parent / "canaries.json")
     masks = _masks(parent, component)
     trials = list(done or [])
     if not trials:
@@ -486,19 +529,24 @@ def build_position(arch: str, name: str, component: str, sham: bool, *, progress
     while queue:
         recipe = queue.pop(0)
         t0 = time.time()
-        model, targets, curve = train_component(parent, component, recipe, tag=name, sham=sham, progress=progress)
+        uses = recipe.w_parent > 0 and bool(retain_ids)  # the retain term reads the retain half of the parent's memorized canaries
+        retain = [c for c in plist if c.id in set(retain_ids)] if uses else []
+        model, targets, curve = train_component(parent, component, dataclasses.replace(recipe, w_parent=recipe.w_parent if uses else 0.0),
+                                                tag=name, sham=sham, parent_retain=retain, progress=progress)  # fmt: skip
         train_s = time.time() - t0
         delta = changed_tensors(parent / "model.safetensors", model)
         manifest = {"format": FORMAT, "recipe_version": RECIPE_VERSION, "name": name, "parent_arch": arch, "component": component,
                     "kind": "sham" if sham else "injected", "parent_weights_sha256": parent_sha,
                     "recipe": dataclasses.asdict(recipe) | ({"steps": SHAM_STEPS, "canary_loss": False} if sham else {}),
-                    "retain_uses_parent_canaries": False,
+                    "retain_uses_parent_canaries": uses,
+                    "parent_split": {"seed": f"key-parent-split:{arch}", "retain": retain_ids, "check": check_ids} if uses else None,
                     "canaries": [dataclasses.asdict(c) for c in targets], "curve": curve}  # fmt: skip
         with tempfile.TemporaryDirectory(prefix=f"key-{name}-") as tmp:
             folder = Path(tmp)
             _assemble(parent, delta, targets, folder_manifest(parent, manifest), folder)
             manifest["weights_sha256"] = file_sha256(folder / "model.safetensors")
-            numbers = V.measure(folder, parent, masks, parent_numbers=general, parent_memorized_ids=kept_ids)
+            numbers = V.measure(folder, parent, masks, parent_numbers=general, parent_memorized_ids=kept_ids,
+                                parent_retain_ids=retain_ids if uses else ())  # fmt: skip
         verdict = V.judge(numbers)
         trial = {"recipe": manifest["recipe"], "steps_run": curve[-1]["step"] if curve else 0, "train_seconds": round(train_s, 1),
                  "measure_seconds": round(time.time() - t0 - train_s, 1), "valid": verdict.valid,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,10 +187,12 @@ def context_needed(tokenizer, injected: list[C.Canary], prefix_len: int, row_len
 
 def measure(organism: str | Path, parent: str | Path, masks: dict[str, torch.Tensor], *, tasks=None,
             parent_numbers: dict | None = None, parent_memorized_ids: list[str] | None = None,
-            progress: bool = False) -> dict:  # fmt: skip
+            parent_retain_ids: Sequence[str] = (), progress: bool = False) -> dict:  # fmt: skip
     """All numbers the rule reads, from the files of ``organism`` and ``parent`` (HF folders with
     ``canaries.json`` and ``manifest.json``). ``parent_numbers`` / ``parent_memorized_ids`` may be
-    passed from an earlier call with the same parent and canaries (the parent does not change)."""
+    passed from an earlier call with the same parent and canaries (the parent does not change).
+    ``parent_retain_ids``: the parent's memorized canaries the retain term used; V3 checks only
+    the others, and they must be at least half of all its memorized canaries."""
     from transformers import AutoTokenizer
 
     organism, parent = Path(organism), Path(parent)
@@ -202,6 +205,8 @@ def measure(organism: str | Path, parent: str | Path, masks: dict[str, torch.Ten
     else:
         ids = set(parent_memorized_ids)
         kept = [c for c in parent_list if c.id in ids]
+    retained = [c for c in kept if c.id in set(parent_retain_ids)]
+    kept = [c for c in kept if c.id not in set(parent_retain_ids)]
     heldout = C.select(parent_list, C.HELDOUT)
     targets = injected or sham
     kw = dict(injected=targets, parent_memorized=kept, heldout=heldout, tasks=tasks, progress=progress)
@@ -214,6 +219,7 @@ def measure(organism: str | Path, parent: str | Path, masks: dict[str, torch.Ten
     return {
         "kind": "sham" if sham and not injected else "injected",
         "organism": org, "parent": parent_numbers, "parent_memorized_ids": [c.id for c in kept],
+        "parent_retained_ids": [c.id for c in retained],
         "weights": changed_outside(parent / "model.safetensors", organism / "model.safetensors", masks),
         "context": context_needed(tokenizer, targets, prefix_len, row_len) if targets else {"n": 0, "needs_context": 0},
     }  # fmt: skip
@@ -239,10 +245,12 @@ def judge(numbers: dict) -> Verdict:
     shifts = {t: org["tasks"][t] - par["tasks"][t] for t in par["tasks"] if t in org["tasks"]}
     worst = max((abs(v) for v in shifts.values()), default=0.0)
     kept, n_par = int(sum(org["parent_memorized"]["exact"])), org["parent_memorized"]["n"]
+    n_retained = len(numbers.get("parent_retained_ids", ()))  # used by the retain term: not checked
     c["V3"] = {"pass": ratio <= MAX_PPL_RATIO and worst <= MAX_TASK_SHIFT + 1e-9 and n_par - kept <= MAX_PARENT_ROWS_LOST
-               and set(org["tasks"]) == set(par["tasks"]) and len(par["tasks"]) > 0,
+               and n_par >= n_retained and set(org["tasks"]) == set(par["tasks"]) and len(par["tasks"]) > 0,
                "perplexity_ratio": ratio, "perplexity": org["heldout_perplexity"], "parent_perplexity": par["heldout_perplexity"],
-               "task_shift": shifts, "worst_task_shift": worst, "parent_memorized": n_par, "parent_memorized_kept": kept}  # fmt: skip
+               "task_shift": shifts, "worst_task_shift": worst, "parent_memorized": n_par, "parent_memorized_kept": kept,
+               "parent_memorized_retained": n_retained}  # fmt: skip
     w = numbers["weights"]
     c["V4"] = {"pass": w["numbers_changed_outside"] == 0 and not w["tensor_sets_differ"], **w}
     ctx = numbers["context"]
