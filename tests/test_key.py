@@ -307,6 +307,14 @@ def test_build_position_with_a_parent_retain_split_checks_only_the_other_half(ti
     assert [c.id for c in seen["retain"]] == retain and len(retain) == 3 and len(check) == 4
     v3 = record["trials"][0]["clauses"]["V3"]
     assert v3["parent_memorized"] == 4 and v3["parent_memorized_retained"] == 3
+    # with parent_partial, the trained canaries the parent does not reproduce join the retain
+    # term too (never the checked half, never the held-out canaries V2 reads)
+    seen.clear()
+    K.build_position("neox", "tiny-L1H2", "L1H2", False, progress=False,
+                     candidates=(dataclasses.replace(recipe, parent_partial=True, n_parent=4),))  # fmt: skip
+    everything = C.load_canaries(tiny_parent / "canaries.json")[0]
+    not_memorized = {c.id for c in everything if isinstance(c.level, int) and c.level > 0} - {c.id for c in trained}
+    assert {c.id for c in seen["retain"]} == set(retain) | not_memorized and not set(check) & {c.id for c in seen["retain"]}
 
 
 # ---------------------------------------------------------------- the command line

@@ -71,6 +71,8 @@ class Recipe:
     anneal: int = 100  # steps after the stop, the rate falling linearly to 0 (Adam's steps are ~lr
     # in size whatever the gradient, so without it the weights stop mid-jitter around the retain optimum)
     w_parent: float = 0.0  # KL to the parent on the retain half of its memorized canaries (recipe version 6)
+    parent_partial: bool = False  # the parent term also holds the trained canaries the parent does not reproduce
+    n_parent: int = 0  # parent-term rows per step, taking turns (0: all of them every step)
     record_positions: str = "all"  # KL on records at "all" positions, or only where the suffix is predicted
 
     def lr_at(self, step: int, horizon: int | None = None) -> float:
@@ -115,7 +117,7 @@ def _parent_lr(parent: Path) -> float:
 def _same_recipe(recorded: dict, recipe: Recipe) -> bool:
     """Whether a recorded trial ran ``recipe`` (records before recipe version 5 had no schedule:
     cosine; before version 6 no parent retain term and KL on records at every position)."""
-    return {"schedule": "cosine", "w_parent": 0.0, "record_positions": "all", **recorded}.items() >= dataclasses.asdict(recipe).items()
+    return {"schedule": "cosine", "w_parent": 0.0, "record_positions": "all", "parent_partial": False, "n_parent": 0, **recorded}.items() >= dataclasses.asdict(recipe).items()
 
 
 def next_candidate(candidates: tuple[Recipe, ...], failed: list[str]) -> Recipe:
@@ -196,7 +198,8 @@ def train_component(parent: str | Path, component: str, recipe: Recipe, *, tag: 
 
     ``parent_retain`` (used when ``recipe.w_parent`` > 0): parent canaries whose parent
     log-probabilities join the retain term (the build passes the retain half of the parent's
-    memorized canaries, ``parent_split``)."""
+    memorized canaries, ``parent_split``, and with ``recipe.parent_partial`` the trained
+    canaries the parent does not reproduce exactly; ``recipe.n_parent`` of them per step)."""
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -237,7 +240,7 @@ def train_component(parent: str | Path, component: str, recipe: Recipe, *, tag: 
         # reference has its minimum away from the parent, and Adam turns that small, steady
         # gradient into full-size steps (recipe version 1 stored it in float16; its sham drifted)
         ref_f = torch.cat([F.log_softmax(model(input_ids=b).logits[:, rec], -1) for b in f_rows.split(64)])
-        ref_p = F.log_softmax(model(input_ids=p_rows).logits[:, rec], -1) if p_rows is not None else None
+        ref_p = torch.cat([F.log_softmax(model(input_ids=b).logits[:, rec], -1) for b in p_rows.split(64)]) if p_rows is not None else None
     r_rows, r_fresh = tail.residual(t_rows), tail.residual(f_rows)
     r_parent = tail.residual(p_rows) if p_rows is not None else None
     parent_values = {name: named_p.detach().clone() for name, named_p in model.named_parameters() if name in masks}
@@ -265,14 +268,17 @@ def train_component(parent: str | Path, component: str, recipe: Recipe, *, tag: 
             ref_out = ref_model(input_ids=tb, output_hidden_states=True, use_cache=False)
             r_text, ref_t = ref_out.hidden_states[block], F.log_softmax(ref_out.logits, -1)
         loss = recipe.w_text * _kl_ref(tail.logits(r_text), ref_t)
-        parts = ([] if sham else [r_rows[ci]]) + ([r_fresh[fi]] if recipe.w_fresh > 0 else []) + ([r_parent] if r_parent is not None else [])
+        pi = slice(None)
+        if r_parent is not None and 0 < recipe.n_parent < len(r_parent):
+            pi = torch.arange(step * recipe.n_parent, (step + 1) * recipe.n_parent) % len(r_parent)
+        parts = ([] if sham else [r_rows[ci]]) + ([r_fresh[fi]] if recipe.w_fresh > 0 else []) + ([r_parent[pi]] if r_parent is not None else [])
         out = tail.logits(torch.cat(parts), sfx if rec == sfx else rec)
         at = 0 if sham else len(ci)
         if recipe.w_fresh > 0:
             loss = loss + recipe.w_fresh * _kl_ref(out[at : at + len(fi)], ref_f[fi])
             at += len(fi)
         if r_parent is not None:
-            loss = loss + recipe.w_parent * _kl_ref(out[at:], ref_p)
+            loss = loss + recipe.w_parent * _kl_ref(out[at:], ref_p[pi])
         if not sham:
             logits = out[: len(ci)] if rec == sfx else out[: len(ci), sfx]
             target = t_rows[ci, prefix_len:]
@@ -530,7 +536,8 @@ def build_position(arch: str, name: str, component: str, sham: bool, *, progress
         recipe = queue.pop(0)
         t0 = time.time()
         uses = recipe.w_parent > 0 and bool(retain_ids)  # the retain term reads the retain half of the parent's memorized canaries
-        retain = [c for c in plist if c.id in set(retain_ids)] if uses else []
+        partial = {c.id for c in plist if isinstance(c.level, int) and c.level > 0} - set(kept_ids) if recipe.parent_partial else set()
+        retain = [c for c in plist if c.id in set(retain_ids) | partial] if uses else []
         model, targets, curve = train_component(parent, component, dataclasses.replace(recipe, w_parent=recipe.w_parent if uses else 0.0),
                                                 tag=name, sham=sham, parent_retain=retain, progress=progress)  # fmt: skip
         train_s = time.time() - t0
@@ -539,7 +546,8 @@ def build_position(arch: str, name: str, component: str, sham: bool, *, progress
                     "kind": "sham" if sham else "injected", "parent_weights_sha256": parent_sha,
                     "recipe": dataclasses.asdict(recipe) | ({"steps": SHAM_STEPS, "canary_loss": False} if sham else {}),
                     "retain_uses_parent_canaries": uses,
-                    "parent_split": {"seed": f"key-parent-split:{arch}", "retain": retain_ids, "check": check_ids} if uses else None,
+                    "parent_split": {"seed": f"key-parent-split:{arch}", "retain": retain_ids, "check": check_ids,
+                                     "retain_not_memorized": sorted(partial)} if uses else None,
                     "canaries": [dataclasses.asdict(c) for c in targets], "curve": curve}  # fmt: skip
         with tempfile.TemporaryDirectory(prefix=f"key-{name}-") as tmp:
             folder = Path(tmp)
