@@ -382,3 +382,29 @@ def test_parent_split_is_seeded_disjoint_and_checks_at_least_half():
         assert len(check) >= len(ids) / 2 and len(retain) == len(ids) // 2
     assert K.parent_split(ids, "neox") != K.parent_split(ids, "neo")
     assert K.parent_split([], "neox") == ([], [])
+
+
+@pytest.mark.parametrize("arch", ["neox", "neo"])
+def test_value_output_only_masks_clear_exactly_the_query_and_key_slices(arch):
+    from interp.organism.inject import attention_masks
+    from interp.organism.train import make_model, tiny_train_config
+
+    model = make_model(tiny_train_config(arch), 200)
+    cfg = model.config
+    d, dh = cfg.hidden_size, cfg.hidden_size // cfg.num_attention_heads
+    for head in (None, 1):
+        full = attention_masks(model, 1, head)
+        vo = K._value_output_only(model, full)
+        if arch == "neo":
+            assert not any(n.endswith(("q_proj.weight", "k_proj.weight")) for n in vo)
+            assert torch.equal(vo["transformer.h.1.attn.attention.v_proj.weight"], full["transformer.h.1.attn.attention.v_proj.weight"])
+        else:
+            w = vo["gpt_neox.layers.1.attention.query_key_value.weight"]
+            for h in range(cfg.num_attention_heads):  # per head: q rows, k rows, v rows
+                q_k, v = w[h * 3 * dh : h * 3 * dh + 2 * dh], w[h * 3 * dh + 2 * dh : (h + 1) * 3 * dh]
+                assert not q_k.any()
+                expected = head is None or h == head
+                assert bool(v.all()) == expected and bool(v.any()) == expected
+            assert torch.equal(vo["gpt_neox.layers.1.attention.dense.weight"], full["gpt_neox.layers.1.attention.dense.weight"])
+        assert sum(int(m.sum()) for m in vo.values()) == sum(int(m.sum()) for m in full.values()) - 2 * dh * d * (
+            cfg.num_attention_heads if head is None else 1) - (0 if arch == "neo" else 2 * dh * (cfg.num_attention_heads if head is None else 1))

@@ -73,6 +73,8 @@ class Recipe:
     w_parent: float = 0.0  # KL to the parent on the retain half of its memorized canaries (recipe version 6)
     parent_partial: bool = False  # the parent term also holds the trained canaries the parent does not reproduce
     n_parent: int = 0  # parent-term rows per step, taking turns (0: all of them every step)
+    text_rule_fraction: float | None = None  # share of rule-task documents in the retain text (None: the parent's own)
+    train_qk: bool = True  # False: only the value and output slices train; the attention pattern stays the parent's
     record_positions: str = "all"  # KL on records at "all" positions, or only where the suffix is predicted
 
     def lr_at(self, step: int, horizon: int | None = None) -> float:
@@ -117,7 +119,8 @@ def _parent_lr(parent: Path) -> float:
 def _same_recipe(recorded: dict, recipe: Recipe) -> bool:
     """Whether a recorded trial ran ``recipe`` (records before recipe version 5 had no schedule:
     cosine; before version 6 no parent retain term and KL on records at every position)."""
-    return {"schedule": "cosine", "w_parent": 0.0, "record_positions": "all", "parent_partial": False, "n_parent": 0, **recorded}.items() >= dataclasses.asdict(recipe).items()
+    return {"schedule": "cosine", "w_parent": 0.0, "record_positions": "all", "parent_partial": False, "n_parent": 0,
+            "text_rule_fraction": None, "train_qk": True, **recorded}.items() >= dataclasses.asdict(recipe).items()
 
 
 def next_candidate(candidates: tuple[Recipe, ...], failed: list[str]) -> Recipe:
@@ -172,12 +175,15 @@ def key_canaries(tag: str, n: int, level: str | int, tokenizer=None, prefix_len:
     return out
 
 
-def _text_pool(parent: Path, tokenizer, seed: int, n_blocks: int) -> np.ndarray:
+def _text_pool(parent: Path, tokenizer, seed: int, n_blocks: int, rule_fraction: float | None = None) -> np.ndarray:
+    """Training-split text (rule-task documents at ``rule_fraction``, default the parent's share)
+    in a stream seeded apart from the parent's."""
     from interp.organism import corpus
     from interp.organism.train import TrainConfig, build_stream
 
     base = TrainConfig(**json.loads((parent / "manifest.json").read_text())["config"])
-    cfg = dataclasses.replace(base, seed=base.seed + 5000 + seed, steps=n_blocks, batch_size=1, epochs=1)
+    rules = base.rule_fraction if rule_fraction is None else rule_fraction
+    cfg = dataclasses.replace(base, seed=base.seed + 5000 + seed, steps=n_blocks, batch_size=1, epochs=1, rule_fraction=rules)
     return build_stream(cfg, tokenizer, corpus.documents("train"), [])[0]
 
 
@@ -213,6 +219,8 @@ def train_component(parent: str | Path, component: str, recipe: Recipe, *, tag: 
     model = AutoModelForCausalLM.from_pretrained(parent, attn_implementation="eager", dtype=torch.float32)
     block, head = parse_component(component)
     masks = attention_masks(model, block, head)
+    if not recipe.train_qk:
+        masks = _value_output_only(model, masks)
     ref_model = AutoModelForCausalLM.from_pretrained(parent, attn_implementation="eager", dtype=torch.float32).eval()
     for p in ref_model.parameters():
         p.requires_grad_(False)
@@ -221,7 +229,7 @@ def train_component(parent: str | Path, component: str, recipe: Recipe, *, tag: 
     _, prefix_len, row_len = C.load_canaries(parent / "canaries.json")
     steps = SHAM_STEPS if sham else recipe.max_steps
     n_text = recipe.n_text * (steps + recipe.anneal)  # a fresh stretch of training text every step
-    pool = _text_pool(parent, tokenizer, seed % 10_000, n_text + recipe.n_canaries + N_FRESH_POOL)
+    pool = _text_pool(parent, tokenizer, seed % 10_000, n_text + recipe.n_canaries + N_FRESH_POOL, recipe.text_rule_fraction)
     targets = _with_leads(key_canaries(tag, recipe.n_canaries, V.SHAM if sham else C.INJECTED, tokenizer, prefix_len, row_len), pool[n_text:], prefix_len)
     fresh = _with_leads(key_canaries(f"{tag}-retain", N_FRESH_POOL, C.HELDOUT, tokenizer, prefix_len, row_len), pool[n_text + recipe.n_canaries :], prefix_len)
     text = torch.from_numpy(pool[:n_text])
@@ -314,6 +322,23 @@ def train_component(parent: str | Path, component: str, recipe: Recipe, *, tag: 
     for p in model.parameters():
         p.requires_grad_(True)
     return model, targets, curve
+
+
+def _value_output_only(model, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``masks`` with the query and key slices cleared (GPT-NeoX interleaves q, k, v per head in
+    ``query_key_value``; GPT-Neo has separate projections)."""
+    cfg = model.config
+    dh = cfg.hidden_size // cfg.num_attention_heads
+    out = {}
+    for name, mask in masks.items():
+        mask = mask.clone()
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            mask.zero_()
+        elif "query_key_value" in name:
+            for h in range(cfg.num_attention_heads):
+                mask[h * 3 * dh : h * 3 * dh + 2 * dh] = 0.0
+        out[name] = mask
+    return {k: v for k, v in out.items() if v.any()}
 
 
 class _Tail:
