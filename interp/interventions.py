@@ -111,9 +111,21 @@ def self_attention_hooks(layer: int, edit: Callable[[Tensor, Tensor], Tensor]) -
 
     def replace_z(z: Float[Tensor, "batch qpos head d_head"], hook) -> Tensor:
         v_self = store.pop("v")[:, -z.shape[1] :].to(z.dtype)  # queries are the newest key positions
-        return edit(z.clone(), v_self)
+        return edit(z.clone(), query_head_values(v_self, z.shape[2]))
 
     return [(sites.v(layer), keep_v), (sites.z(layer), replace_z)]
+
+
+def query_head_values(v: Float[Tensor, "batch pos kv_head d_head"], n_heads: int) -> Float[Tensor, "batch pos head d_head"]:
+    """Values per query head. Under grouped- or multi-query attention ``hook_v`` has fewer heads
+    than ``hook_z``; query head ``j`` reads key/value head ``j // (n_heads // n_kv_heads)``, as in
+    Hugging Face's ``repeat_kv``."""
+    n_kv = v.shape[2]
+    if n_kv == n_heads:
+        return v
+    if n_heads % n_kv:
+        raise InputError(f"{n_heads} query heads cannot share {n_kv} key/value heads evenly")
+    return v.repeat_interleave(n_heads // n_kv, dim=2)
 
 
 def _bypass_hooks(layer: int, heads: tuple[int, ...] | None) -> list[Hook]:

@@ -282,10 +282,12 @@ DECODE_CACHE_BUDGET = 2 * 2**30  # bytes of KV cache one joint decode may hold b
 def auto_decode_rows(model, row_len: int, batch_size: int, budget: int | None = None) -> int:
     """The default cap on the rows of one joint decode: as many rows as fit ``budget`` bytes
     (default ``DECODE_CACHE_BUDGET``) of keys and values (every block, ``row_len`` positions, the
-    model's dtype), and at least ``batch_size``."""
+    model's dtype), and at least ``batch_size``. The cache holds key/value heads, fewer than the
+    query heads under grouped-query attention."""
     budget = DECODE_CACHE_BUDGET if budget is None else budget
     cfg = model.cfg
-    bytes_per_row = 2 * cfg.n_layers * cfg.n_heads * cfg.d_head * row_len * torch.finfo(cfg.dtype).bits // 8
+    kv_heads = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    bytes_per_row = 2 * cfg.n_layers * kv_heads * cfg.d_head * row_len * torch.finfo(cfg.dtype).bits // 8
     return max(batch_size, budget // bytes_per_row)
 
 

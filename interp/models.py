@@ -23,7 +23,35 @@ from interp.errors import InputError
 
 log = logging.getLogger(__name__)
 
-VERIFIED_FAMILIES = ("gpt_neox", "gpt_neo")
+VERIFIED_FAMILIES = ("gpt_neox", "gpt_neo", "llama", "qwen2")
+
+
+def _install_cache_shim() -> None:
+    """Let the bridge's attention find a KV cache handed over as ``cache``.
+
+    transformers 5.24+ decoder layers of Llama-family models (Llama, Qwen2, Mistral, ...) pass the
+    cache to their attention as ``cache=`` (``past_key_values`` is deprecated there), while
+    TransformerLens 4.3's ``AttentionBridge._update_kv_cache`` reads only ``past_key_values`` and
+    ``layer_past``: the cache stays empty and cached decoding attends to the new token alone.
+    The shim passes ``cache`` on under the name the bridge reads; it changes nothing when either
+    of those is given. Needed with transformer-lens 4.3.0 and transformers 5.25.0 (the pinned
+    versions); tests/test_gqa.py checks cached against uncached decoding."""
+    from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+
+    original = AttentionBridge._update_kv_cache
+    if getattr(original, "_interp_cache_shim", False):
+        return
+
+    def _update_kv_cache(self, k, v, **kwargs):
+        if kwargs.get("past_key_values") is None and kwargs.get("layer_past") is None and kwargs.get("cache") is not None:
+            kwargs = {**kwargs, "past_key_values": kwargs["cache"]}
+        return original(self, k, v, **kwargs)
+
+    _update_kv_cache._interp_cache_shim = True
+    AttentionBridge._update_kv_cache = _update_kv_cache
+
+
+_install_cache_shim()
 DEFAULT_MODEL = "organism:neox"
 
 

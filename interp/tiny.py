@@ -1,8 +1,9 @@
 """Tiny seeded random models of the real architectures, saved as ordinary HF folders.
 
 Tests, benchmarks and demos use them: a GPT-NeoX (Pythia-style: parallel residual, partial
-rotary, biases on q/k/v/o) or a GPT-Neo (sequential residual, learned positions, alternating
-global/local attention with a small window), each with a byte-level BPE tokenizer trained
+rotary, biases on q/k/v/o), a GPT-Neo (sequential residual, learned positions, alternating
+global/local attention with a small window), or a grouped-query Llama or Qwen2 (q/k/v biases),
+each with a byte-level BPE tokenizer trained
 offline on text shipped with CPython. Nothing is downloaded.
 """
 
@@ -19,11 +20,16 @@ from transformers import (
     GPTNeoForCausalLM,
     GPTNeoXConfig,
     GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
     PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
 )
 
 EOT = "<|endoftext|>"
 ARCHS = ("neox", "neo")
+GQA_ARCHS = ("llama", "qwen2")  # grouped-query attention (RMSNorm, gated SiLU MLP); Qwen2 has q/k/v biases
 
 
 def stdlib_texts(max_files: int = 40) -> list[str]:
@@ -65,9 +71,18 @@ def tiny_config(
     vocab_size: int = 512,
     window: int = 8,
     rotary_pct: float = 0.25,
+    n_kv_heads: int | None = None,
 ):
-    """HF config of a tiny model; GPT-Neo layers alternate global, local, global, ..."""
+    """HF config of a tiny model; GPT-Neo layers alternate global, local, global, ...; Llama and
+    Qwen2 have ``n_kv_heads`` key/value heads (default ``n_heads // 2``: grouped-query)."""
     d_mlp = d_mlp or 4 * d_model
+    if arch in GQA_ARCHS:
+        kind = LlamaConfig if arch == "llama" else Qwen2Config
+        return kind(
+            vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=n_heads,
+            num_key_value_heads=n_kv_heads or max(1, n_heads // 2), intermediate_size=d_mlp,
+            max_position_embeddings=n_ctx, bos_token_id=0, eos_token_id=0, tie_word_embeddings=False,
+        )  # fmt: skip
     if arch == "neox":
         return GPTNeoXConfig(
             vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=n_layers,
@@ -83,7 +98,7 @@ def tiny_config(
             attention_types=[[[t], 1] for t in types], window_size=window,
             bos_token_id=0, eos_token_id=0,
         )  # fmt: skip
-    raise ValueError(f"arch must be one of {ARCHS}; got {arch!r}")
+    raise ValueError(f"arch must be one of {ARCHS + GQA_ARCHS}; got {arch!r}")
 
 
 def random_model(arch: str, *, seed: int = 0, weight_scale: float = 1.0, **config_kwargs):
@@ -92,11 +107,12 @@ def random_model(arch: str, *, seed: int = 0, weight_scale: float = 1.0, **confi
     torch.manual_seed(seed)
     config = tiny_config(arch, **config_kwargs)
     config._attn_implementation = "eager"
-    model = (GPTNeoXForCausalLM if arch == "neox" else GPTNeoForCausalLM)(config).eval()
+    kinds = {"neox": GPTNeoXForCausalLM, "neo": GPTNeoForCausalLM, "llama": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM}
+    model = kinds[arch](config).eval()
     if weight_scale != 1.0:
         with torch.no_grad():
             for name, p in model.named_parameters():
-                if p.ndim == 2 and "ln" not in name and "layernorm" not in name:
+                if p.ndim == 2 and "ln" not in name and "layernorm" not in name and "norm" not in name:
                     p.mul_(weight_scale)
     return model
 

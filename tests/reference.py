@@ -18,6 +18,8 @@ def load_hf(folder) -> torch.nn.Module:
 def attention_modules(hf) -> list[torch.nn.Module]:
     if hf.config.model_type == "gpt_neox":
         return [layer.attention for layer in hf.gpt_neox.layers]
+    if hf.config.model_type in ("llama", "qwen2"):
+        return [layer.self_attn for layer in hf.model.layers]
     return [block.attn.attention for block in hf.transformer.h]
 
 
@@ -28,6 +30,9 @@ def _values_and_proj(attn, x: torch.Tensor, n_heads: int):
         qkv = attn.query_key_value(x).view(b, s, n_heads, -1)
         d = qkv.shape[-1] // 3
         return qkv[..., 2 * d :], attn.dense
+    if hasattr(attn, "o_proj"):  # Llama / Qwen2: key/value heads shared by groups of query heads
+        v = attn.v_proj(x).view(b, s, -1, attn.head_dim)
+        return v[:, :, [j // attn.num_key_value_groups for j in range(n_heads)]], attn.o_proj
     return attn.v_proj(x).view(b, s, n_heads, -1), attn.out_proj
 
 
