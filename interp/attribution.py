@@ -27,6 +27,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp import sites
+from interp.errors import InputError
 from interp.patching import DIRECTIONS, METRIC_FNS, Runs, SuffixTarget, normalize
 
 LN_FINAL_IN = sites.ln_final_in()  # residual stream entering the final LayerNorm
@@ -104,7 +105,7 @@ def _atp_per_head(model, runs: Runs, direction: str, metric: str, batch_size: in
 # ---------------------------------------------------------------- direct logit attribution
 
 
-def _ln_final(model) -> torch.nn.LayerNorm:
+def _ln_final(model) -> torch.nn.Module:
     return model.ln_final.original_component
 
 
@@ -133,12 +134,14 @@ def logit_decomposition(
     _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=lambda n: n in names)
     ln, (W_U, b_U) = _ln_final(model), _unembed(model)
     x = _gather_pos(cache[LN_FINAL_IN], positions).double()  # [b k d]
-    scale = (x.var(-1, unbiased=False, keepdim=True) + ln.eps).sqrt()
+    centred = _is_layer_norm(ln)  # LayerNorm centres and scales; RMSNorm (Llama family) only scales
+    eps = ln.eps if centred else ln.variance_epsilon
+    scale = ((x.var(-1, unbiased=False, keepdim=True) if centred else x.pow(2).mean(-1, keepdim=True)) + eps).sqrt()
     direction = ln.weight.double() * W_U[token_ids.to(W_U.device)].double()  # [b k d]
 
     def project(c: Tensor) -> Tensor:
         c = c.double()
-        return (((c - c.mean(-1, keepdim=True)) / scale) * direction).sum(-1).float()
+        return (((c - c.mean(-1, keepdim=True) if centred else c) / scale) * direction).sum(-1).float()
 
     terms: dict[str, Tensor] = {}
     for name, label in zip(EMBED_HOOKS, ("embed", "pos_embed")):
@@ -154,11 +157,21 @@ def logit_decomposition(
         if proj.bias is not None:
             terms[f"attn_bias:{layer}"] = project(proj.bias.expand_as(x))
         terms[f"mlp:{layer}"] = project(_gather_pos(cache[sites.mlp_out(layer)], positions))
-    const = (ln.bias.double() * W_U[token_ids.to(W_U.device)].double()).sum(-1) if ln.bias is not None else 0.0
+    bias = getattr(ln, "bias", None)
+    const = (bias.double() * W_U[token_ids.to(W_U.device)].double()).sum(-1) if bias is not None else 0.0
     if b_U is not None:
         const = const + b_U[token_ids.to(b_U.device)].double()
     terms["const"] = torch.as_tensor(const, dtype=torch.float64).expand(token_ids.shape).float()
     return terms
+
+
+def _is_layer_norm(ln) -> bool:
+    """LayerNorm (GPT-NeoX, GPT-Neo) or RMSNorm (Llama, Qwen2: ``variance_epsilon``, no bias)."""
+    if isinstance(ln, torch.nn.LayerNorm):
+        return True
+    if hasattr(ln, "variance_epsilon"):
+        return False
+    raise InputError(f"final norm {type(ln).__name__} is neither LayerNorm nor an RMSNorm with variance_epsilon")
 
 
 def _gather_pos(act: Tensor, positions: Tensor) -> Tensor:
