@@ -307,6 +307,8 @@ def test_build_position_with_a_parent_retain_split_checks_only_the_other_half(ti
     assert [c.id for c in seen["retain"]] == retain and len(retain) == 3 and len(check) == 4
     v3 = record["trials"][0]["clauses"]["V3"]
     assert v3["parent_memorized"] == 4 and v3["parent_memorized_retained"] == 3
+    lost = record["trials"][0]["parent_canaries_lost"]
+    assert set(lost) <= set(check) and len(lost) == v3["parent_memorized"] - v3["parent_memorized_kept"]
     # with parent_partial, the trained canaries the parent does not reproduce join the retain
     # term too (never the checked half, never the held-out canaries V2 reads)
     seen.clear()

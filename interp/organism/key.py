@@ -581,9 +581,11 @@ def build_position(arch: str, name: str, component: str, sham: bool, *, progress
             numbers = V.measure(folder, parent, masks, parent_numbers=general, parent_memorized_ids=kept_ids,
                                 parent_retain_ids=retain_ids if uses else ())  # fmt: skip
         verdict = V.judge(numbers)
+        checked = zip(numbers["parent_memorized_ids"], numbers["organism"]["parent_memorized"]["exact"], strict=True)
         trial = {"recipe": manifest["recipe"], "steps_run": curve[-1]["step"] if curve else 0, "train_seconds": round(train_s, 1),
                  "measure_seconds": round(time.time() - t0 - train_s, 1), "valid": verdict.valid,
-                 "failed": verdict.failed(), "clauses": verdict.clauses}  # fmt: skip
+                 "failed": verdict.failed(), "clauses": verdict.clauses,
+                 "parent_canaries_lost": [cid for cid, ok in checked if not ok]}  # which checked rows fell, for diagnosis  # fmt: skip
         trials.append(trial)
         log.info("%s %s: %s", name, recipe, "valid" if verdict.valid else f"failed {verdict.failed()}")
         if on_trial is not None and not verdict.valid:
