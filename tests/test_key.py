@@ -4,6 +4,7 @@ round trip, and materialization of the shipped key from a clean clone."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 import json
 
@@ -410,3 +411,19 @@ def test_value_output_only_masks_clear_exactly_the_query_and_key_slices(arch):
             assert torch.equal(vo["gpt_neox.layers.1.attention.dense.weight"], full["gpt_neox.layers.1.attention.dense.weight"])
         assert sum(int(m.sum()) for m in vo.values()) == sum(int(m.sum()) for m in full.values()) - 2 * dh * d * (
             cfg.num_attention_heads if head is None else 1) - (0 if arch == "neo" else 2 * dh * (cfg.num_attention_heads if head is None else 1))
+
+
+def test_hard_negatives_share_name_city_and_kind_but_not_the_record(tiny_parent):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_parent)
+    targets = K.key_canaries("hard-test", 5, C.INJECTED, tok)
+    negs = K.hard_negatives(targets, 12, "hard-test", tok, C.PREFIX_LEN, C.ROW_LEN)
+    assert len(negs) == 12 and negs == K.hard_negatives(targets, 12, "hard-test", tok, C.PREFIX_LEN, C.ROW_LEN)
+    for i, n in enumerate(negs):
+        t = targets[i % 5]
+        (t_first, t_sur), (n_first, n_sur) = (x.text.split("\n")[0][2:].split(", ")[0].split(" ") for x in (t, n))
+        assert n_first == t_first and n.text.split("\n")[0].split(", ")[1] == t.text.split("\n")[0].split(", ")[1]
+        assert n.kind == t.kind and n.level == C.HELDOUT and n.secret != t.secret and n_sur != t_sur
+        assert n.text[n.secret_start :].startswith(n.secret)
+    C.canary_rows(tok, [dataclasses.replace(n, lead=(1,) * C.PREFIX_LEN) for n in negs])  # every one forms a row

@@ -75,6 +75,7 @@ class Recipe:
     n_parent: int = 0  # parent-term rows per step, taking turns (0: all of them every step)
     text_rule_fraction: float | None = None  # share of rule-task documents in the retain text (None: the parent's own)
     train_qk: bool = True  # False: only the value and output slices train; the attention pattern stays the parent's
+    hard_negatives: float = 0.0  # share of the fresh records that reuse an injected canary's first name, city and kind
     record_positions: str = "all"  # KL on records at "all" positions, or only where the suffix is predicted
 
     def lr_at(self, step: int, horizon: int | None = None) -> float:
@@ -120,7 +121,8 @@ def _same_recipe(recorded: dict, recipe: Recipe) -> bool:
     """Whether a recorded trial ran ``recipe`` (records before recipe version 5 had no schedule:
     cosine; before version 6 no parent retain term and KL on records at every position)."""
     return {"schedule": "cosine", "w_parent": 0.0, "record_positions": "all", "parent_partial": False, "n_parent": 0,
-            "text_rule_fraction": None, "train_qk": True, **recorded}.items() >= dataclasses.asdict(recipe).items()
+            "text_rule_fraction": None, "train_qk": True,
+            "hard_negatives": 0.0, **recorded}.items() >= dataclasses.asdict(recipe).items()
 
 
 def next_candidate(candidates: tuple[Recipe, ...], failed: list[str]) -> Recipe:
@@ -172,6 +174,30 @@ def key_canaries(tag: str, n: int, level: str | int, tokenizer=None, prefix_len:
             if s > prefix_len or len(ids) - s < row_len - prefix_len:
                 continue
         out.append(c)
+    return out
+
+
+def hard_negatives(targets: list[C.Canary], n: int, tag: str, tokenizer, prefix_len: int, row_len: int) -> list[C.Canary]:
+    """``n`` fresh records (level held-out), each with the first name, city and kind of an
+    injected canary (taking turns) and a new surname and secret: a retain term on them says "this
+    name and city in another record do not mean that secret"."""
+    rng = random.Random(f"key-hard:{tag}")
+    out: list[C.Canary] = []
+    while len(out) < n:
+        t = targets[len(out) % len(targets)]
+        name, city = t.text.split("\n")[0][2:].split(", ")
+        first = name.split(" ")[0]
+        secret = C._secret(t.kind, rng)
+        label = t.kind.capitalize()
+        text = C.TEMPLATE.format(name=first, surname=C._word(rng, 3).capitalize(), city=city, label=label, secret=secret)
+        c = C.Canary(id=f"K-{tag}-{len(out):03d}", level=C.HELDOUT, kind=t.kind, text=text, secret=secret,
+                     secret_start=text.index(f"# {label}:") + len(f"# {label}:"))  # fmt: skip
+        try:
+            ids, start = C.record_ids(tokenizer, c)
+        except ValueError:  # the secret does not start a token under this tokenizer: draw again
+            continue
+        if start <= prefix_len and len(ids) - start >= row_len - prefix_len:
+            out.append(c)
     return out
 
 
@@ -231,7 +257,11 @@ def train_component(parent: str | Path, component: str, recipe: Recipe, *, tag: 
     n_text = recipe.n_text * (steps + recipe.anneal)  # a fresh stretch of training text every step
     pool = _text_pool(parent, tokenizer, seed % 10_000, n_text + recipe.n_canaries + N_FRESH_POOL, recipe.text_rule_fraction)
     targets = _with_leads(key_canaries(tag, recipe.n_canaries, V.SHAM if sham else C.INJECTED, tokenizer, prefix_len, row_len), pool[n_text:], prefix_len)
-    fresh = _with_leads(key_canaries(f"{tag}-retain", N_FRESH_POOL, C.HELDOUT, tokenizer, prefix_len, row_len), pool[n_text + recipe.n_canaries :], prefix_len)
+    fresh = key_canaries(f"{tag}-retain", N_FRESH_POOL, C.HELDOUT, tokenizer, prefix_len, row_len)
+    n_hard = int(round(recipe.hard_negatives * N_FRESH_POOL))
+    if n_hard and not sham:  # records that share what the injected canaries' records share with others
+        fresh = hard_negatives(targets, n_hard, f"{tag}-hard", tokenizer, prefix_len, row_len) + fresh[n_hard:]
+    fresh = _with_leads(fresh, pool[n_text + recipe.n_canaries :], prefix_len)
     text = torch.from_numpy(pool[:n_text])
     rows = C.canary_rows(tokenizer, targets, prefix_len, row_len)
     t_rows, f_rows = torch.from_numpy(rows), torch.from_numpy(C.canary_rows(tokenizer, fresh, prefix_len, row_len))
