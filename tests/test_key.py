@@ -339,6 +339,16 @@ def test_cli_list_and_path(capsys, tmp_path, monkeypatch):
     assert all(r["valid"] for r in rows)
     rc, out, _ = _cli(["organism", "list", "--arch", "neo"], capsys)
     assert rc == 0 and "neo-sham" in out and "neox-sham" not in out
+    # positions tried and not shipped: every trial of them, as build.json records it
+    rc, out, _ = _cli(["organism", "list", "--failed", "--json"], capsys)
+    failed = json.loads(out)
+    expected = [(name, i + 1) for b in sorted(K.KEY_DIR.glob("*/build.json"))
+                for name, pos in json.loads(b.read_text())["positions"].items() if pos["status"] != "shipped"
+                for i, _ in enumerate(pos["trials"])]  # fmt: skip
+    assert rc == 0 and [(r["name"], r["trial"]) for r in failed] == expected and expected
+    assert all(r["name"] not in SHIPPED and r["failed"] for r in failed)
+    rc, out, _ = _cli(["organism", "list", "--failed"], capsys)
+    assert rc == 0 and out.count("\n") == len(expected) + 2 and "| V3 |" in out
     rc, out, _ = _cli(["organism", "path", "neox-sham"], capsys)
     folder = Path(out.strip())
     assert rc == 0 and folder.parent == tmp_path / "organisms" and (folder / "model.safetensors").is_file()

@@ -44,6 +44,8 @@ def register(subparsers) -> None:
                        "and validity numbers")  # fmt: skip
     q.add_argument("--arch", choices=("neox", "neo"), default=None)
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    q.add_argument("--failed", action="store_true", help="list the key positions tried and not shipped (from build.json), "
+                   "with the clauses that failed them and their numbers")  # fmt: skip
     q.set_defaults(func=cmd_list)
 
     q = sub.add_parser("build-key", help="build (or resume) the answer key of one family: every block, seeded heads, "
@@ -128,11 +130,11 @@ def cmd_path(args) -> int:
 def cmd_list(args) -> int:
     from interp.organism import key
 
-    rows = key.listing(args.arch)
+    rows = key.failed_positions(args.arch) if args.failed else key.listing(args.arch)
     if args.json:
         sys.stdout.write(json.dumps(rows, indent=1) + "\n")
     else:
-        sys.stdout.write(key.listing_table(rows) + "\n")
+        sys.stdout.write((key.failed_table(rows) if args.failed else key.listing_table(rows)) + "\n")
     return 0
 
 

@@ -689,6 +689,43 @@ def listing(arch: str | None = None) -> list[dict]:
     return rows
 
 
+def failed_positions(arch: str | None = None, *, key_dir: Path | None = None) -> list[dict]:
+    """One dict per trial of every position that ``build.json`` records as not shipped (failed,
+    or stopped while running): which clauses failed and the numbers that failed them."""
+    rows = []
+    for path in sorted((key_dir or KEY_DIR).glob("*/build.json")):
+        if arch is not None and path.parent.name != arch:
+            continue
+        record = json.loads(path.read_text())
+        for name, pos in record.get("positions", {}).items():
+            if pos.get("status") == "shipped":
+                continue
+            for i, t in enumerate(pos.get("trials", [])):
+                c = t["clauses"]
+                v1, v3 = c.get("V1", {}), c.get("V3", {})
+                rows.append({"name": name, "family": path.parent.name, "component": pos["component"], "status": pos["status"],
+                             "trial": i + 1, "failed": t["failed"], "n_exact": v1.get("n_exact"), "n_canaries": v1.get("n_canaries"),
+                             "perplexity_ratio": v3.get("perplexity_ratio"), "worst_task_shift": v3.get("worst_task_shift"),
+                             "parent_memorized_kept": f"{v3.get('parent_memorized_kept')}/{v3.get('parent_memorized')}",
+                             "steps": t.get("steps_run"), "train_seconds": t.get("train_seconds")})  # fmt: skip
+    return rows
+
+
+def failed_table(rows: list[dict]) -> str:
+    """``failed_positions`` as a Markdown table."""
+    if not rows:
+        return "no key position has failed or stopped in build.json"
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    head = "| name | component | status | trial | failed | V1 exact | ppl ratio | worst task shift | parent's memorized kept | steps | train s |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        exact = "-" if r["n_exact"] is None else f"{r['n_exact']}/{r['n_canaries']}"
+        lines.append(f"| {r['name']} | {r['component']} | {r['status']} | {r['trial']} | {', '.join(r['failed']) or '-'} | {exact} | "
+                     f"{fmt(r['perplexity_ratio'], '.3f')} | {fmt(r['worst_task_shift'], '.3f')} | {r['parent_memorized_kept']} | "
+                     f"{r['steps']} | {r['train_seconds']} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def listing_table(rows: list[dict]) -> str:
     """``listing`` as a Markdown table."""
     if not rows:
