@@ -112,7 +112,7 @@ def random_model(arch: str, *, seed: int = 0, weight_scale: float = 1.0, **confi
     if weight_scale != 1.0:
         with torch.no_grad():
             for name, p in model.named_parameters():
-                if p.ndim == 2 and "ln" not in name and "layernorm" not in name and "norm" not in name:
+                if p.ndim == 2 and "ln" not in name and "norm" not in name:
                     p.mul_(weight_scale)
     return model
 

@@ -287,8 +287,6 @@ def test_build_position_ships_or_records_a_failure_on_a_tiny_parent(tiny_parent,
 
 
 def test_build_position_with_a_parent_retain_split_checks_only_the_other_half(tiny_parent, tmp_path, monkeypatch):
-    import dataclasses
-
     import interp.organism as org
     from interp import benchmarks
 
@@ -437,3 +435,10 @@ def test_hard_negatives_share_name_city_and_kind_but_not_the_record(tiny_parent)
         assert n.kind == t.kind and n.level == C.HELDOUT and n.secret != t.secret and n_sur != t_sur
         assert n.text[n.secret_start :].startswith(n.secret)
     C.canary_rows(tok, [dataclasses.replace(n, lead=(1,) * C.PREFIX_LEN) for n in negs])  # every one forms a row
+
+
+@pytest.mark.parametrize("kw", [dict(schedule="linear"), dict(record_positions="prefix"), dict(hard_negatives=1.5),
+                                dict(text_rule_fraction=1.0)])  # fmt: skip
+def test_bad_recipe_is_one_sentence(kw):
+    with pytest.raises(InputError, match=next(iter(kw))):
+        K.Recipe(**kw)

@@ -78,6 +78,16 @@ class Recipe:
     hard_negatives: float = 0.0  # share of the fresh records that reuse an injected canary's first name, city and kind
     record_positions: str = "all"  # KL on records at "all" positions, or only where the suffix is predicted
 
+    def __post_init__(self):
+        checks = [(self.schedule in ("constant", "cosine"), f"schedule must be 'constant' or 'cosine'; got {self.schedule!r}"),
+                  (self.record_positions in ("all", "suffix"), f"record_positions must be 'all' or 'suffix'; got {self.record_positions!r}"),
+                  (0.0 <= self.hard_negatives <= 1.0, f"hard_negatives is a share of the fresh records, in [0, 1]; got {self.hard_negatives}"),
+                  (self.text_rule_fraction is None or 0.0 <= self.text_rule_fraction < 1.0,
+                   f"text_rule_fraction must be in [0, 1); got {self.text_rule_fraction}")]  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+
     def lr_at(self, step: int, horizon: int | None = None) -> float:
         horizon = self.max_steps if horizon is None else horizon
         if step < self.warmup:
@@ -266,8 +276,8 @@ def train_component(parent: str | Path, component: str, recipe: Recipe, *, tag: 
     rows = C.canary_rows(tokenizer, targets, prefix_len, row_len)
     t_rows, f_rows = torch.from_numpy(rows), torch.from_numpy(C.canary_rows(tokenizer, fresh, prefix_len, row_len))
     p_rows = torch.from_numpy(C.canary_rows(tokenizer, list(parent_retain), prefix_len, row_len)) if recipe.w_parent > 0 else None
-    if recipe.record_positions not in ("all", "suffix"):
-        raise InputError(f"record_positions must be 'all' or 'suffix'; got {recipe.record_positions!r}")
+    if sham and recipe.w_fresh <= 0 and recipe.w_parent <= 0:
+        raise InputError("a sham trains on its retain term alone: it needs w_fresh > 0 or w_parent > 0")
     if recipe.w_parent > 0 and not len(parent_retain):
         raise InputError("w_parent > 0 needs the parent canaries of the retain term (parent_retain)")
     rec = slice(prefix_len - 1, -1) if recipe.record_positions == "suffix" else slice(None)
