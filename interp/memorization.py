@@ -24,7 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers.cache_utils import DynamicLayer
 
-from interp import metrics, sites
+from interp import metrics, reuse, sites
 from interp.data import validate_for_model
 from interp.errors import InputError, check_finite
 from interp.generation import batches, cached_step, concat_caches, greedy_generate
@@ -110,14 +110,25 @@ _TF_KEYS = ("completion_entropy", "suffix_nll", "argmax", "margin")
 
 
 @torch.no_grad()
-def _tf_batch(model, tokens: Tensor, prefix_len: int, *, keep_cache: bool) -> tuple[dict[str, Tensor], object]:
+def _tf_batch(
+    model, tokens: Tensor, prefix_len: int, *, keep_cache: bool, start: tuple[int, Tensor, list | None] | None = None
+) -> tuple[dict[str, Tensor], object]:
     """Teacher-forced statistics of one batch (hooks already installed), and the KV cache of
-    the pass when ``keep_cache``."""
+    the pass when ``keep_cache``. With ``start = (block, resid, lower)`` only blocks
+    ``block..L-1`` run, from ``resid`` (the unmodified residual entering ``block``), and the
+    cache's lower layers are ``lower`` (``interp.reuse``); the cache is None if they cannot be."""
     T = tokens.shape[1] - prefix_len
     device = model.cfg.device
     x = tokens[:, :-1].to(device)
     # logits_to_keep: only the T positions that score the suffix are unembedded
-    if keep_cache:
+    if start is not None:
+        block, resid, lower = start
+        if keep_cache:
+            logits, cache = reuse.forward_from(model, resid, block, return_type="logits_and_cache", use_cache=True, logits_to_keep=T)
+            cache = cache if reuse.fill_lower_cache(cache, lower, block) else None
+        else:
+            logits, cache = reuse.forward_from(model, resid, block, return_type="logits", logits_to_keep=T), None
+    elif keep_cache:
         logits, cache = model(x, return_type="logits_and_cache", use_cache=True, logits_to_keep=T)
     else:
         logits, cache = model(x, return_type="logits", logits_to_keep=T), None
@@ -239,13 +250,21 @@ def evaluate_many(
     names = list(configs)
     tf_parts: dict[str, dict[str, list[Tensor]]] = {n: {k: [] for k in _TF_KEYS} for n in names}
     gens: dict[str, list[Tensor]] = {n: [] for n in names}
-    device = model.cfg.device
+    base, needs = _reuse_plan(model, configs)
+    order = names if base is None else [base, *[n for n in names if n != base]]
     for sl in tqdm(list(batches(len(tokens), batch_size)), desc="forward", disable=not progress, leave=False):
         batch = tokens[sl]
         plans, open_rows = {}, []
-        for n in names:
-            with apply(model, *configs[n]):
-                stats, cache = _tf_batch(model, batch, prefix_len, keep_cache=True)
+        resid, lower = {}, None
+        for n in order:
+            if n == base:  # the unmodified pass: keep what the others reuse below their interventions
+                with reuse.capture_resid(model, sorted(set(needs.values()))) as resid:
+                    stats, cache = _tf_batch(model, batch, prefix_len, keep_cache=True)
+                lower = reuse.lower_layers(cache)
+            else:
+                start = (needs[n], resid[needs[n]], lower) if n in needs else None
+                with apply(model, *configs[n]):
+                    stats, cache = _tf_batch(model, batch, prefix_len, keep_cache=True, start=start)
             for k in _TF_KEYS:
                 tf_parts[n][k].append(stats[k])
             plans[n] = decode_plan(batch[:, prefix_len:], stats)
@@ -274,6 +293,18 @@ def evaluate_many(
         n: metrics_frame(torch.cat(gens[n]), {k: torch.cat(v) for k, v in tf_parts[n].items()}, suffix, n_samples)
         for n in names
     }
+
+
+def _reuse_plan(model, configs: dict[str, Sequence[Intervention]]) -> tuple[str | None, dict[str, int]]:
+    """The unmodified configuration (none if absent or if the model's stack cannot be cut) and,
+    for each other configuration whose hooks all sit in blocks 1 and up, the lowest such block:
+    its teacher-forced pass starts there from the unmodified pass's residual (``interp.reuse``)."""
+    L = int(model.cfg.n_layers)
+    earliest = {n: reuse.earliest_block(model, ivs) for n, ivs in configs.items()}
+    base = next((n for n, e in earliest.items() if e == L), None)
+    if base is None or not reuse.reusable(model):
+        return None, {}
+    return base, {n: e for n, e in earliest.items() if 0 < e < L}
 
 
 DECODE_CACHE_BUDGET = 2 * 2**30  # bytes of KV cache one joint decode may hold by default

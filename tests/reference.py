@@ -36,25 +36,32 @@ def _values_and_proj(attn, x: torch.Tensor, n_heads: int):
     return attn.v_proj(x).view(b, s, n_heads, -1), attn.out_proj
 
 
-def bypass_hook(n_heads: int, heads: list[int] | None):
-    """Forward hook for an HF self-attention module: identity attention for ``heads`` (all if None)."""
+def _output_projection(attn) -> torch.nn.Module:
+    for name in ("dense", "o_proj", "out_proj"):  # GPT-NeoX, Llama/Qwen2, GPT-Neo
+        if hasattr(attn, name):
+            return getattr(attn, name)
+    raise ValueError(f"no output projection found on {type(attn).__name__}")
+
+
+def bypass_hook(n_heads: int):
+    """Forward hook for an HF self-attention module: identity attention for every head (the
+    output is the value/output projection of each token's own value; with a KV cache the
+    module's input is the new tokens, whose own values these are)."""
 
     def hook(module, args, kwargs, output):
         x = args[0] if args else kwargs["hidden_states"]
         v, proj = _values_and_proj(module, x, n_heads)
-        if heads is None:
-            z = v
-        else:
-            weights = output[1]  # [batch, head, q, k], HF eager attention probabilities
-            z = torch.einsum("bhqk,bkhd->bqhd", weights, v).clone()
-            z[:, :, heads] = v[:, :, heads]
-        return (proj(z.reshape(*x.shape[:2], -1)), output[1])
+        return (proj(v.reshape(*x.shape[:2], -1)), *output[1:])
 
     return hook
 
 
 class HFBypass:
-    """Context manager applying the reference bypass to ``layers`` of an HF model."""
+    """Context manager applying the reference bypass to ``layers`` of an HF model: every head,
+    or only ``heads``. For some heads, a pre-hook on the attention module keeps its input and a
+    pre-hook on its output projection overwrites those heads' slices of the projection's input
+    (HF's attention output, heads one after another) with each token's own values; the other
+    heads keep HF's own attention. Both work with a KV cache."""
 
     def __init__(self, hf, layers, heads=None):
         self.hf, self.layers, self.heads = hf, list(layers), heads
@@ -64,7 +71,23 @@ class HFBypass:
         mods = attention_modules(self.hf)
         n_heads = self.hf.config.num_attention_heads if hasattr(self.hf.config, "num_attention_heads") else self.hf.config.num_heads
         for layer in self.layers:
-            self.handles.append(mods[layer].register_forward_hook(bypass_hook(n_heads, self.heads), with_kwargs=True))
+            if self.heads is None:
+                self.handles.append(mods[layer].register_forward_hook(bypass_hook(n_heads), with_kwargs=True))
+                continue
+            store = {}
+
+            def keep_input(module, args, kwargs, store=store):
+                store["x"] = args[0] if args else kwargs["hidden_states"]
+
+            def overwrite(proj, args, module=mods[layer], store=store):
+                v, _ = _values_and_proj(module, store.pop("x"), n_heads)
+                z = args[0].view(*v.shape).clone()
+                z[:, :, self.heads] = v[:, :, self.heads]
+                return (z.reshape(args[0].shape), *args[1:])
+
+            proj = _output_projection(mods[layer])
+            self.handles.append(mods[layer].register_forward_pre_hook(keep_input, with_kwargs=True))
+            self.handles.append(proj.register_forward_pre_hook(overwrite))
         return self.hf
 
     def __exit__(self, *exc):

@@ -76,7 +76,7 @@ def test_organism_workload_tiles_the_trained_canaries(tmp_path, arch):
     assert (rows[:128] == canaries).all() and (rows[128:256] == canaries).all() and (rows[256:] == canaries[:44]).all()
     assert prefix_len == json.loads((folder / "canaries.json").read_text())["prefix_len"]
     cfg = load_model(folder).cfg
-    assert speed.model_shape(folder) == {"n_layers": cfg.n_layers, "d_model": cfg.d_model, "vocab_size": cfg.d_vocab}
+    assert speed.model_shape(folder) == {"n_layers": cfg.n_layers, "d_model": cfg.d_model, "vocab_size": cfg.d_vocab, "n_heads": cfg.n_heads}
 
 
 @pytest.mark.parametrize(

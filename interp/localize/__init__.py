@@ -2,15 +2,17 @@
 
 - Per-head attention bypass (the identity-attention intervention of Menta, Agrawal and Agarwal,
   NAACL 2025, applied to one head instead of a whole block). The paper calls a per-head sweep
-  too expensive; ``head_bypass_sweep`` makes it cheap with two observations. (1) Teacher-forced
-  metrics of all H heads of a layer come from one forward pass over the batch replicated H
-  times, where copy h bypasses head h. (2) Greedy decoding from the prefix reproduces the suffix
-  exactly iff every teacher-forced argmax on the true row is right; otherwise the free-running
-  and teacher-forced runs agree up to the first mismatch j, so generation is needed only after
-  it, and only for those rows (the rule of ``interp.memorization.decode_plan``,
-  which also decodes near-tie rows in full); the open rows of all heads are decoded together,
-  each row with its own head bypassed (``RowHeadBypass``). The result equals
-  ``interp.memorization.evaluate`` per head (tested).
+  too expensive; ``head_bypass_sweep`` makes it cheap with three observations. (1) Bypassing a
+  head of block l leaves everything below block l as it was, so each head's teacher-forced pass
+  runs only blocks l..L-1 from the unmodified pass's residual (``interp.reuse``). (2) Greedy
+  decoding from the prefix reproduces the suffix exactly iff every teacher-forced argmax on
+  the true row is right; otherwise the free-running and teacher-forced runs agree up to the
+  first mismatch j, so generation is needed only after it, and only for those rows (the rule
+  of ``interp.memorization.decode_plan``, which also decodes near-tie rows in full). (3) The
+  open rows of all heads are decoded together, each under its own head's bypass, from their
+  teacher-forced passes' KV caches (``interp.memorization.evaluate_many``). The result equals
+  ``interp.memorization.evaluate`` per head (tested). ``RowHeadBypass`` bypasses one head per
+  batch row.
 - Rankings: a tidy table ``method, component, score, rank`` (rank 1 = most responsible). A
   bypass is ranked by necessity (the exact-match drop on the rows) or by selectivity (the
   memorization it removes minus the general ability it costs, the paper's two-axis reading made
@@ -31,7 +33,7 @@ organisms); every public name is re-exported here.
 
 from __future__ import annotations
 
-from interp.localize.head_sweep import RowHeadBypass, every_head_greedy, every_head_tf_stats, head_bypass_sweep
+from interp.localize.head_sweep import RowHeadBypass, head_bypass_sweep, head_configs
 from interp.localize.ranking import RANKING_COLUMNS, rank, rank_by_bypass, rank_by_effect
 from interp.localize.selectivity import (
     SELECTIVITY_COLUMNS,
@@ -70,10 +72,9 @@ __all__ = [
     "SELECTIVITY_COLUMNS",
     "benchmark_score",
     "check_selectivity_baseline",
-    "every_head_greedy",
-    "every_head_tf_stats",
     "general_nll_by_component",
     "head_bypass_sweep",
+    "head_configs",
     "injected_component",
     "knockout",
     "knockout_curve",
