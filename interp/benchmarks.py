@@ -299,7 +299,9 @@ def loglikelihoods_many(
     * Requests that share a context (the choices of one item, or identical contexts across
       items) run the context once; each continuation then runs on a copy of its KV cache, and
       only positions that score a token are unembedded (the context's last one and the
-      continuation's). Contexts of one length are batched together, so no padding enters a cache.
+      continuation's). Contexts of different lengths share a batch left-padded, the pad slots
+      masked and positions counted over real tokens only; on models with local-window layers
+      (where pad slots would change the window) only contexts of one length share a batch.
     * With an unmodified configuration among ``configs``, every configuration whose hooks all
       sit in block l or above runs only blocks l..L-1, from the unmodified pass's residual
       stream and its lower blocks' keys and values (``interp.reuse``).
@@ -325,13 +327,25 @@ def loglikelihoods_many(
     needs = {n: e for n, e in earliest.items() if base is not None and 0 < e < L}
     order = list(configs) if base is None else [base, *[n for n in configs if n != base]]
     contexts = sorted(groups, key=lambda c: (-len(c), c))
-    chunks = [chunk for _, same in _by_length(contexts) for chunk in _chunked(same, groups, batch_size)]
+    if _pads_safely(model):  # longest first, so a batch's contexts differ little in length
+        chunks = _chunked(contexts, groups, batch_size)
+    else:
+        chunks = [chunk for _, same in _by_length(contexts) for chunk in _chunked(same, groups, batch_size)]
     for chunk in tqdm(chunks, desc=desc, disable=not progress, leave=False):
         _score_shared(model, chunk, groups, requests, configs, order, base, needs, out)
     for name in configs if cut else ():
         scores, greedy = loglikelihoods(model, [requests[i] for i in cut], configs[name], batch_size=batch_size, progress=False)
         out[name][0][cut], out[name][1][cut] = scores, greedy
     return out
+
+
+def _pads_safely(model) -> bool:
+    """Whether contexts of different lengths may share a batch, left-padded under an attention
+    mask with explicit positions: every layer attends globally. (A local window counts cache
+    slots, pad slots included, so padding would change what a local layer sees.)"""
+    config = model.original_model.config
+    types = getattr(config, "layer_types", None) or getattr(config, "attention_layers", None) or []
+    return all(t in ("full_attention", "global") for t in types)
 
 
 def _by_length(contexts: list[tuple[int, ...]]):
@@ -366,7 +380,19 @@ def _score_shared(model, contexts, groups, requests, configs, order, base, needs
     row_of = torch.tensor([k for k, c in enumerate(contexts) for _ in groups[c]], device=device)
     conts = [requests[i][1] for i in ids]
     width = max(len(c) for c in conts) - 1
-    ctx_tokens = torch.tensor(contexts, dtype=torch.long, device=device)
+    lengths = torch.tensor([len(c) for c in contexts], device=device)
+    P = int(lengths.max())
+    ctx_tokens = torch.zeros((len(contexts), P), dtype=torch.long)
+    for k, c in enumerate(contexts):  # left-padded: every context ends at position P - 1
+        ctx_tokens[k, P - len(c) :] = torch.tensor(c, dtype=torch.long)
+    ctx_tokens = ctx_tokens.to(device)
+    kw_ctx: dict = {}
+    kw_cont: dict = {}
+    if bool((lengths != P).any()):  # pad slots masked; positions count real tokens only
+        mask = (torch.arange(P, device=device)[None, :] >= (P - lengths)[:, None]).long()
+        kw_ctx = {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+        kw_cont = {"attention_mask": torch.cat([mask[row_of], torch.ones((len(ids), width), dtype=torch.long, device=device)], 1),
+                   "position_ids": lengths[row_of][:, None] + torch.arange(width, device=device)[None, :]}  # fmt: skip
     cont_tokens = torch.zeros((len(ids), max(width, 1)), dtype=torch.long)
     for r, cont in enumerate(conts):
         cont_tokens[r, : len(cont) - 1] = torch.tensor(cont[:-1], dtype=torch.long)
@@ -379,27 +405,27 @@ def _score_shared(model, contexts, groups, requests, configs, order, base, needs
         with apply(model, *configs[name]):
             if name == base:
                 with reuse.capture_resid(model, blocks) as resid_ctx:
-                    first, cache = model(ctx_tokens, return_type="logits_and_cache", use_cache=True, logits_to_keep=1)
+                    first, cache = model(ctx_tokens, return_type="logits_and_cache", use_cache=True, logits_to_keep=1, **kw_ctx)
                 lower = reuse.lower_layers(cache)
             elif name in needs:
                 e = needs[name]
                 first, cache = reuse.forward_from(model, resid_ctx[e], e, return_type="logits_and_cache", use_cache=True,
-                                                  logits_to_keep=1)  # fmt: skip
+                                                  logits_to_keep=1, **kw_ctx)  # fmt: skip
                 if not reuse.fill_lower_cache(cache, lower, e):  # cannot happen where lower_layers worked
                     raise RuntimeError("the unmodified pass's KV cache could not be shared")
             else:
-                first, cache = model(ctx_tokens, return_type="logits_and_cache", use_cache=True, logits_to_keep=1)
+                first, cache = model(ctx_tokens, return_type="logits_and_cache", use_cache=True, logits_to_keep=1, **kw_ctx)
             rest = None
             if width > 0:
                 cache.batch_select_indices(row_of)
                 if name == base:
                     with reuse.capture_resid(model, blocks) as resid_cont:
-                        rest, _ = cached_step(model, cont_tokens, cache)
+                        rest, _ = cached_step(model, cont_tokens, cache, **kw_cont)
                 elif name in needs:
                     e = needs[name]
-                    rest, _ = cached_step(model, resid_cont[e], cache, start_at=e)
+                    rest, _ = cached_step(model, resid_cont[e], cache, start_at=e, **kw_cont)
                 else:
-                    rest, _ = cached_step(model, cont_tokens, cache)
+                    rest, _ = cached_step(model, cont_tokens, cache, **kw_cont)
         del cache
         first = first[:, -1][row_of]
         for r, (i, cont) in enumerate(zip(ids, conts)):

@@ -62,12 +62,13 @@ def greedy_generate(
 
 
 def cached_step(model, tokens: Int[Tensor, "batch new"] | Float[Tensor, "batch new d_model"], cache, *,
-                start_at: int | None = None) -> tuple[Tensor, object]:  # fmt: skip
+                start_at: int | None = None, **kwargs) -> tuple[Tensor, object]:  # fmt: skip
     """Logits of ``tokens`` after the positions held in ``cache`` (a Hugging Face KV cache from an
     earlier ``return_type="logits_and_cache"`` call), and the extended cache. With ``start_at``,
     ``tokens`` is the residual stream entering that block and only blocks from it up run
     (``interp.reuse.forward_from``; the cache's lower layers must already hold those positions'
-    predecessors).
+    predecessors). ``kwargs`` (an attention mask over cache and new positions, position ids)
+    go to the model.
 
     The bridge hands the cache to the Hugging Face model as ``past_key_values``, which
     transformers 5.24 deprecates (renamed ``cache``, to be removed in 5.40; pyproject keeps
@@ -78,8 +79,8 @@ def cached_step(model, tokens: Int[Tensor, "batch new"] | Float[Tensor, "batch n
         if start_at is not None:
             from interp.reuse import forward_from
 
-            return forward_from(model, tokens, start_at, return_type="logits_and_cache", past_key_values=cache)
-        return model(tokens, return_type="logits_and_cache", past_key_values=cache)
+            return forward_from(model, tokens, start_at, return_type="logits_and_cache", past_key_values=cache, **kwargs)
+        return model(tokens, return_type="logits_and_cache", past_key_values=cache, **kwargs)
 
 
 def _decode_cached(model, prefix: Tensor, n_new: int) -> Tensor:

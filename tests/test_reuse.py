@@ -4,6 +4,7 @@ family (GPT-Neo's local layers and grouped-query models included), with and with
 the sweeps built on it give the numbers they give without it; the reference per-head bypass used
 by analyses/speed.py is itself right with a KV cache."""
 
+import itertools
 import json
 
 import numpy as np
@@ -186,8 +187,10 @@ def test_loglikelihoods_many_equals_one_config_at_a_time(family):
     requests += [requests[1], (rnd(n_ctx), rnd(3))]  # a repeated request; one the window cuts
     configs = {"a": [AttentionBypass(L - 1, heads=[0])], "baseline": [], "block:1": [AttentionBypass(1)],
                "zero:0": [ZeroAblation(0)]}  # fmt: skip
-    for subset in (configs, {k: v for k, v in configs.items() if k != "baseline"}):  # with reuse, and without
-        got = loglikelihoods_many(model, requests, subset, batch_size=4, progress=False)
+    subsets = (configs, {k: v for k, v in configs.items() if k != "baseline"})  # with reuse, and without
+    # batch 4: one context per batch; batch 16: contexts of lengths 9, 5, 5 and 1 left-padded together
+    for subset, batch_size in itertools.product(subsets, (4, 16)):
+        got = loglikelihoods_many(model, requests, subset, batch_size=batch_size, progress=False)
         for name, ivs in subset.items():
             want_scores, want_greedy = loglikelihoods(model, requests, ivs, batch_size=4, progress=False)
             np.testing.assert_allclose(got[name][0], want_scores, rtol=1e-5, atol=1e-4, err_msg=name)
