@@ -31,6 +31,7 @@ Tasks are JSONL files, one item per line: ``{"context": str, "choices": [str, ..
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Sequence
@@ -372,36 +373,42 @@ def _chunked(contexts: list[tuple[int, ...]], groups: dict, batch_size: int) -> 
 
 
 def _score_shared(model, contexts, groups, requests, configs, order, base, needs, out) -> None:
-    """Score every request of ``contexts`` (all one length) under every configuration."""
+    """Score every request of ``contexts`` under every configuration: one pass over the
+    contexts (left-padded when their lengths differ), then the continuations in groups of
+    similar length (``_length_groups``), each on its rows' copy of the contexts' KV cache."""
     from interp import reuse
 
     device = model.cfg.device
     ids = [i for c in contexts for i in groups[c]]
     row_of = torch.tensor([k for k, c in enumerate(contexts) for _ in groups[c]], device=device)
     conts = [requests[i][1] for i in ids]
-    width = max(len(c) for c in conts) - 1
     lengths = torch.tensor([len(c) for c in contexts], device=device)
     P = int(lengths.max())
     ctx_tokens = torch.zeros((len(contexts), P), dtype=torch.long)
     for k, c in enumerate(contexts):  # left-padded: every context ends at position P - 1
         ctx_tokens[k, P - len(c) :] = torch.tensor(c, dtype=torch.long)
     ctx_tokens = ctx_tokens.to(device)
-    kw_ctx: dict = {}
-    kw_cont: dict = {}
-    if bool((lengths != P).any()):  # pad slots masked; positions count real tokens only
-        mask = (torch.arange(P, device=device)[None, :] >= (P - lengths)[:, None]).long()
-        kw_ctx = {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
-        kw_cont = {"attention_mask": torch.cat([mask[row_of], torch.ones((len(ids), width), dtype=torch.long, device=device)], 1),
-                   "position_ids": lengths[row_of][:, None] + torch.arange(width, device=device)[None, :]}  # fmt: skip
-    cont_tokens = torch.zeros((len(ids), max(width, 1)), dtype=torch.long)
-    for r, cont in enumerate(conts):
-        cont_tokens[r, : len(cont) - 1] = torch.tensor(cont[:-1], dtype=torch.long)
-    cont_tokens = cont_tokens[:, :width].to(device)
+    padded = bool((lengths != P).any())
+    mask = (torch.arange(P, device=device)[None, :] >= (P - lengths)[:, None]).long()
+    kw_ctx = {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)} if padded else {}
+    parts = []  # per group of continuations: its rows, their input tokens, and the model's keyword arguments
+    for rows in _length_groups([len(c) - 1 for c in conts]):
+        width = len(conts[rows[0]]) - 1
+        tokens = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, r in enumerate(rows):
+            tokens[j, : len(conts[r]) - 1] = torch.tensor(conts[r][:-1], dtype=torch.long)
+        sel = row_of[torch.tensor(rows, device=device)]
+        kw = {}
+        if padded:  # pad slots masked; positions count real tokens only
+            kw = {"attention_mask": torch.cat([mask[sel], torch.ones((len(rows), width), dtype=torch.long, device=device)], 1),
+                  "position_ids": lengths[sel][:, None] + torch.arange(width, device=device)[None, :]}  # fmt: skip
+        parts.append((rows, tokens.to(device), sel, kw))
     resid_ctx: dict[int, Tensor] = {}
-    resid_cont: dict[int, Tensor] = {}
+    resid_cont: list[dict[int, Tensor]] = [{} for _ in parts]
     lower = None
     blocks = sorted(set(needs.values()))
     for name in order:
+        rest: dict[tuple[int, ...], Tensor] = {}  # rows of a group -> logits of their continuations' inputs
         with apply(model, *configs[name]):
             if name == base:
                 with reuse.capture_resid(model, blocks) as resid_ctx:
@@ -415,22 +422,69 @@ def _score_shared(model, contexts, groups, requests, configs, order, base, needs
                     raise RuntimeError("the unmodified pass's KV cache could not be shared")
             else:
                 first, cache = model(ctx_tokens, return_type="logits_and_cache", use_cache=True, logits_to_keep=1, **kw_ctx)
-            rest = None
-            if width > 0:
-                cache.batch_select_indices(row_of)
+            for g, (rows, tokens, sel, kw) in enumerate(parts):
+                sub = _cache_rows(cache, sel)
                 if name == base:
-                    with reuse.capture_resid(model, blocks) as resid_cont:
-                        rest, _ = cached_step(model, cont_tokens, cache, **kw_cont)
+                    with reuse.capture_resid(model, blocks) as resid_cont[g]:
+                        logits, _ = cached_step(model, tokens, sub, **kw)
                 elif name in needs:
-                    e = needs[name]
-                    rest, _ = cached_step(model, resid_cont[e], cache, start_at=e, **kw_cont)
+                    logits, _ = cached_step(model, resid_cont[g][needs[name]], sub, start_at=needs[name], **kw)
                 else:
-                    rest, _ = cached_step(model, cont_tokens, cache, **kw_cont)
+                    logits, _ = cached_step(model, tokens, sub, **kw)
+                rest[tuple(rows)] = logits
         del cache
-        first = first[:, -1][row_of]
-        for r, (i, cont) in enumerate(zip(ids, conts)):
-            logits = first[r : r + 1] if len(cont) == 1 else torch.cat([first[r : r + 1], rest[r, : len(cont) - 1]])
-            out[name][0][i], out[name][1][i] = _continuation_score(logits, torch.tensor(cont))
+        _score_rows(first[:, -1][row_of], rest, conts, ids, out[name])
+
+
+def _score_rows(first: Tensor, rest: dict, conts: list[list[int]], ids: list[int], out: tuple[np.ndarray, np.ndarray]) -> None:
+    """Scores and greedy flags of the requests ``ids`` (``_continuation_score`` for all rows at
+    once): ``first`` [rows, vocab] predicts each continuation's first token, ``rest`` (rows of a
+    group -> [group rows, width, vocab]) the others."""
+    check_finite(first, "logits for a benchmark continuation")
+    logp = torch.log_softmax(first.float(), dim=-1).cpu()
+    targets = torch.tensor([c[0] for c in conts])
+    score = logp.gather(1, targets[:, None])[:, 0].double()
+    greedy = logp.argmax(-1) == targets
+    for rows, logits in rest.items():
+        check_finite(logits, "logits for a benchmark continuation")
+        width = logits.shape[1]
+        tgt = torch.zeros((len(rows), width), dtype=torch.long)
+        real = torch.zeros((len(rows), width), dtype=torch.bool)
+        for j, r in enumerate(rows):
+            n = len(conts[r]) - 1
+            tgt[j, :n], real[j, :n] = torch.tensor(conts[r][1:]), True
+        lp = torch.log_softmax(logits.float(), dim=-1).cpu()
+        picked = lp.gather(2, tgt[:, :, None])[:, :, 0].double().where(real, 0.0)
+        hits = (lp.argmax(-1) == tgt) | ~real
+        idx = torch.tensor(rows)
+        score[idx] = score[idx] + picked.sum(1)
+        greedy[idx] = greedy[idx] & hits.all(1)
+    out[0][ids], out[1][ids] = score.numpy(), greedy.numpy()
+
+
+def _length_groups(widths: list[int], slack: float = 1.25) -> list[list[int]]:
+    """Indices of the non-zero ``widths``, longest first, cut into groups whose padded size
+    (rows x the group's longest) stays within ``slack`` times their real tokens."""
+    order = sorted((i for i, w in enumerate(widths) if w > 0), key=lambda i: -widths[i])
+    groups: list[list[int]] = []
+    real = 0
+    for i in order:
+        if groups and (len(groups[-1]) + 1) * widths[groups[-1][0]] <= slack * (real + widths[i]):
+            groups[-1].append(i)
+            real += widths[i]
+        else:
+            groups.append([i])
+            real = widths[i]
+    return groups
+
+
+def _cache_rows(cache, rows: Tensor):
+    """A new KV cache holding ``rows`` of ``cache`` (which is left as it is)."""
+    new = copy.copy(cache)
+    new.layers = [copy.copy(layer) for layer in cache.layers]
+    for layer in new.layers:
+        layer.batch_select_indices(rows)
+    return new
 
 
 # ---------------------------------------------------------------- multiple choice
