@@ -1,33 +1,40 @@
-"""Speed benchmark: our block-bypass sweep against the reference approach, in one run.
+"""Speed benchmark: our sweeps and benchmark scoring against the tools users would pick instead,
+each pair in one run.
 
-Model: a Pythia-70m-shaped GPT-NeoX (6 blocks, d_model 512, 8 heads, d_mlp 2048, vocabulary
-50304) with random weights. Data: ``--n-seq`` rows of 64 tokens (prefix 32) that the model
-reproduces (random prefixes plus the model's own greedy continuation: a memorized set by
-definition). Configs: baseline plus each block bypassed; metrics EM, TA and CE per sequence.
+Three comparisons, each exiting non-zero unless both sides give identical numbers:
 
-Reference approach (the public code's method, its defects fixed): for each config, one after
-another, Hugging Face ``generate`` (greedy, eager attention, KV cache, no EOS stop) over
-batches, plus one teacher-forced forward pass for the entropy; the bypass is a forward hook on
-each HF attention module that returns the per-token value/output projection.
+* Block sweep (default). Model: a Pythia-70m-shaped GPT-NeoX (6 blocks, d_model 512, 8 heads,
+  d_mlp 2048, vocabulary 50304) with random weights. Data: ``--n-seq`` rows of 64 tokens (prefix
+  32) that the model reproduces (random prefixes plus the model's own greedy continuation).
+  Configs: baseline plus each block bypassed; EM, TA and CE per sequence. Reference (the public
+  code's method, its defects fixed): for each config, Hugging Face ``generate`` (greedy, eager
+  attention, KV cache, no EOS stop) plus one teacher-forced pass for the entropy; the bypass is
+  a forward hook on each HF attention module. Ours: ``interp.memorization.sweep`` through the
+  bridge (teacher-forcing shortcut, reuse below the bypassed block, suffix-only unembedding,
+  the open rows of all configs decoded together from their teacher-forced KV caches).
+* ``--heads``: every single head bypassed (``interp.localize.head_bypass_sweep``) against the
+  same reference run per head (the head bypass as hooks on HF's attention and output
+  projection, right under a KV cache: ``tests/reference.py``).
+* ``--bench``: the paper's benchmark protocol (baseline + every block, the six built-in tasks,
+  250 items each) on a shipped organism, ``interp.benchmarks.evaluate`` against
+  lm-evaluation-harness's ``HFLM`` on the same items with the same bypass hooks; accuracies
+  must be identical.
 
-Ours: ``interp.memorization.sweep`` through the TransformerLens bridge (teacher-forcing
-shortcut, suffix-only unembedding, the open rows of all configs decoded in one batch from their
-teacher-forced KV caches).
+Each approach runs in its own subprocess (imports done before the clock starts), so its peak
+resident memory (ru_maxrss) and CPU time are its own; ``--repeat N`` alternates the two N times
+and reports min and median.
 
-Each approach runs in its own subprocess so its peak resident memory (ru_maxrss) is its own.
-The script prints the wall-time ratio and both peaks, and exits non-zero unless both give
-identical per-sequence EM and TA and CE within 1e-4 relative.
-
-    python analyses/speed.py                 # full benchmark (issue: 512 sequences)
-    python analyses/speed.py --n-seq 64      # quick look
-    python analyses/speed.py --heads-only    # the per-head sweep alone (all 48 heads)
-    python analyses/speed.py --organism neox # trained weights: the shipped organism's canaries
-    python analyses/speed.py --device cuda   # on a GPU (also reports each approach's peak device memory)
+    python analyses/speed.py                                   # block sweep (512 sequences)
+    python analyses/speed.py --n-seq 64                        # quick look
+    python analyses/speed.py --heads --organism neox --memorized --n-seq 256   # all-heads sweep
+    python analyses/speed.py --bench --threads 1               # benchmark protocol against HFLM
+    python analyses/speed.py --organism neox                   # trained weights: the organism's canaries
+    python analyses/speed.py --device cuda                     # on a GPU (also peak device memory)
 
 ``--organism ARCH`` swaps the workload for one with trained weights: the shipped organism (d_model
 192, 6 blocks, vocabulary 4096) and its trained canaries (duplication levels 1-64, 48 tokens,
-prefix 32), repeated in order to ``--n-seq`` rows. Some of them the organism reproduces under a
-bypass and some it does not, so this is where skipping the decode of reproduced rows can pay.
+prefix 32), repeated in order to ``--n-seq`` rows; ``--memorized`` keeps only the canaries the
+organism reproduces (the rows a sweep is meant for).
 """
 
 from __future__ import annotations

@@ -152,6 +152,8 @@ def test_default_decode_cap_fits_the_cache_budget(bridge, memorized_rows, monkey
     per_row = 2 * cfg.n_layers * cfg.n_heads * cfg.d_head * (P + T) * 4
     assert mem.auto_decode_rows(bridge, P + T, 4, budget=7 * per_row + 1) == 7
     assert mem.auto_decode_rows(bridge, P + T, 4, budget=per_row) == 4  # at least a batch
+    assert mem.auto_decode_rows(bridge, P + T, 4, budget=10**6 * per_row) == mem.DECODE_MAX_ROWS  # and at most this
+    assert mem.auto_decode_rows(bridge, P + T, 10**3, budget=10**6 * per_row) == 10**3
     configs = block_configs(bridge)
     uncapped = mem.evaluate_many(bridge, memorized_rows, P, configs, batch_size=4, decode_rows=10**6)
     monkeypatch.setattr(mem, "DECODE_CACHE_BUDGET", 5 * per_row)

@@ -84,7 +84,9 @@ def test_organism_workload_tiles_the_trained_canaries(tmp_path, arch):
     [(["--device", "bogus"], "--device: Expected one of"),
      pytest.param(["--device", "cuda"], "sees no CUDA device", marks=pytest.mark.skipif(
          torch.cuda.is_available(), reason="a CUDA device is present")),
-     (["--decode-rows", "3"], "--decode-rows (3) must be at least --batch-size (64)")],
+     (["--decode-rows", "3"], "--decode-rows (3) must be at least --batch-size (64)"),
+     (["--repeat", "0"], "--repeat must be at least 1"),
+     (["--memorized"], "--memorized needs --organism")],
 )  # fmt: skip
 def test_bad_option_is_refused_before_any_work(tmp_path, args, message):
     """``--device`` names a device this torch can use and ``--decode-rows`` is at least the batch
@@ -110,3 +112,18 @@ def test_speedup_ceiling_by_hand():
 def test_matmul_rate_is_measured_on_both_shapes():
     got = speed.matmul_gflops({"d_model": 64, "vocab_size": 500}, rows=32, seconds=0.01)
     assert 0 < got["median"] <= got["best"]
+
+
+def test_head_bound_by_hand():
+    """``head_arithmetic_bound`` on a 2-block, 2-head shape, counted term by term: the reference
+    runs generate and a full teacher-forced pass per head; ours one unmodified pass, then per head
+    of block l blocks l..L-1 with the suffix unembedded."""
+    shape = {"d_model": 10, "n_layers": 2, "vocab_size": 7, "n_heads": 2}
+    P, N = 3, 5
+    T, n, block, unembed = 2, 4, 1200, 70
+    reference = 2 * 2 * ((n + n) * 2 * block + (T + n) * unembed)
+    ours = (n * 2 * block + T * unembed) + 2 * ((n * 2 * block + T * unembed) + (n * 1 * block + T * unembed))
+    got = speed.head_arithmetic_bound(shape, P, N)
+    assert got["reference_gmac_per_row"] == pytest.approx(reference / 1e9)
+    assert got["ours_best_case_gmac_per_row"] == pytest.approx(ours / 1e9)
+    assert got["arithmetic_speedup_bound_no_decode"] == pytest.approx(reference / ours)
