@@ -45,6 +45,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp import reuse
 from interp import tasks as task_registry
 from interp.data import json_type, read_lines
 from interp.errors import InputError, check_finite
@@ -309,8 +310,6 @@ def loglikelihoods_many(
 
     Requests whose input the context window cuts (``(ctx + cont)`` longer than ``n_ctx + 1``)
     go through ``loglikelihoods``, one configuration at a time."""
-    from interp import reuse
-
     n_ctx = int(model.cfg.n_ctx)
     for i, r in enumerate(requests):
         _model_input(r, n_ctx, f"request {i}")
@@ -322,10 +321,7 @@ def loglikelihoods_many(
             groups.setdefault(tuple(ctx), []).append(i)
         else:
             cut.append(i)
-    L = int(model.cfg.n_layers)
-    earliest = {n: reuse.earliest_block(model, ivs) for n, ivs in configs.items()}
-    base = next((n for n, e in earliest.items() if e == L), None) if reuse.reusable(model) else None
-    needs = {n: e for n, e in earliest.items() if base is not None and 0 < e < L}
+    base, needs = reuse.plan(model, configs)
     order = list(configs) if base is None else [base, *[n for n in configs if n != base]]
     contexts = sorted(groups, key=lambda c: (-len(c), c))
     if _pads_safely(model):  # longest first, so a batch's contexts differ little in length
@@ -376,8 +372,6 @@ def _score_shared(model, contexts, groups, requests, configs, order, base, needs
     """Score every request of ``contexts`` under every configuration: one pass over the
     contexts (left-padded when their lengths differ), then the continuations in groups of
     similar length (``_length_groups``), each on its rows' copy of the contexts' KV cache."""
-    from interp import reuse
-
     device = model.cfg.device
     ids = [i for c in contexts for i in groups[c]]
     row_of = torch.tensor([k for k, c in enumerate(contexts) for _ in groups[c]], device=device)
@@ -414,12 +408,13 @@ def _score_shared(model, contexts, groups, requests, configs, order, base, needs
                 with reuse.capture_resid(model, blocks) as resid_ctx:
                     first, cache = model(ctx_tokens, return_type="logits_and_cache", use_cache=True, logits_to_keep=1, **kw_ctx)
                 lower = reuse.lower_layers(cache)
+                if lower is None:  # a cache that is not plain dynamic layers (sliding windows): nothing shared
+                    needs = {}
             elif name in needs:
                 e = needs[name]
                 first, cache = reuse.forward_from(model, resid_ctx[e], e, return_type="logits_and_cache", use_cache=True,
                                                   logits_to_keep=1, **kw_ctx)  # fmt: skip
-                if not reuse.fill_lower_cache(cache, lower, e):  # cannot happen where lower_layers worked
-                    raise RuntimeError("the unmodified pass's KV cache could not be shared")
+                reuse.fill_lower_cache(cache, lower, e)  # plain dynamic layers (the unmodified pass's were)
             else:
                 first, cache = model(ctx_tokens, return_type="logits_and_cache", use_cache=True, logits_to_keep=1, **kw_ctx)
             for g, (rows, tokens, sel, kw) in enumerate(parts):

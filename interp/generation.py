@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from transformers.cache_utils import DynamicLayer
 
 from interp.interventions import Intervention, apply
+from interp.reuse import forward_from
 
 
 def batches(n: int, batch_size: int) -> Iterator[slice]:
@@ -77,8 +78,6 @@ def cached_step(model, tokens: Int[Tensor, "batch new"] | Float[Tensor, "batch n
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`past_key_values` is deprecated", category=FutureWarning)
         if start_at is not None:
-            from interp.reuse import forward_from
-
             return forward_from(model, tokens, start_at, return_type="logits_and_cache", past_key_values=cache, **kwargs)
         return model(tokens, return_type="logits_and_cache", past_key_values=cache, **kwargs)
 

@@ -250,7 +250,7 @@ def evaluate_many(
     names = list(configs)
     tf_parts: dict[str, dict[str, list[Tensor]]] = {n: {k: [] for k in _TF_KEYS} for n in names}
     gens: dict[str, list[Tensor]] = {n: [] for n in names}
-    base, needs = _reuse_plan(model, configs)
+    base, needs = reuse.plan(model, configs)
     order = names if base is None else [base, *[n for n in names if n != base]]
     for sl in tqdm(list(batches(len(tokens), batch_size)), desc="forward", disable=not progress, leave=False):
         batch = tokens[sl]
@@ -293,18 +293,6 @@ def evaluate_many(
         n: metrics_frame(torch.cat(gens[n]), {k: torch.cat(v) for k, v in tf_parts[n].items()}, suffix, n_samples)
         for n in names
     }
-
-
-def _reuse_plan(model, configs: dict[str, Sequence[Intervention]]) -> tuple[str | None, dict[str, int]]:
-    """The unmodified configuration (none if absent or if the model's stack cannot be cut) and,
-    for each other configuration whose hooks all sit in blocks 1 and up, the lowest such block:
-    its teacher-forced pass starts there from the unmodified pass's residual (``interp.reuse``)."""
-    L = int(model.cfg.n_layers)
-    earliest = {n: reuse.earliest_block(model, ivs) for n, ivs in configs.items()}
-    base = next((n for n, e in earliest.items() if e == L), None)
-    if base is None or not reuse.reusable(model):
-        return None, {}
-    return base, {n: e for n, e in earliest.items() if 0 < e < L}
 
 
 DECODE_CACHE_BUDGET = 2 * 2**30  # bytes of KV cache one joint decode may hold by default

@@ -47,6 +47,18 @@ def earliest_block(model, interventions: Sequence[Intervention]) -> int:
     return min(int(m.group(1)) for m in blocks)
 
 
+def plan(model, configs: dict[str, Sequence[Intervention]]) -> tuple[str | None, dict[str, int]]:
+    """How a call over several configurations reuses: the unmodified configuration (None if
+    there is none or the model's stack cannot be cut) and, for each other configuration whose
+    hooks all sit in block 1 or above, the lowest such block (its passes start there)."""
+    L = int(model.cfg.n_layers)
+    earliest = {n: earliest_block(model, ivs) for n, ivs in configs.items()}
+    base = next((n for n, e in earliest.items() if e == L), None)
+    if base is None or not reusable(model):
+        return None, {}
+    return base, {n: e for n, e in earliest.items() if 0 < e < L}
+
+
 def _stack(model) -> tuple[torch.nn.Module, str] | None:
     """The HF module holding the decoder layers and the attribute name of its ModuleList (the
     list whose entries are the bridge's blocks), or None."""

@@ -152,6 +152,36 @@ def test_mixed_layer_types_are_not_cut(tmp_path):
         np.testing.assert_array_equal(got[got.config == f"block:{layer}"].exact_match.to_numpy(), want.exact_match.to_numpy())
 
 
+def test_sliding_window_caches_are_not_shared(tmp_path):
+    """Every layer sliding (a uniform stack, so it is cut): its cache layers are not plain dynamic
+    ones, so nothing is shared from the unmodified pass and contexts of different lengths are not
+    padded together; the sweep and the benchmark scores are still the per-configuration ones."""
+    from interp.benchmarks import _pads_safely, loglikelihoods, loglikelihoods_many
+
+    folder = make_tiny_model(tmp_path / "q", "qwen2", seed=1, **SHAPES["qwen2"])
+    config = json.loads((folder / "config.json").read_text())
+    config.update(use_sliding_window=True, sliding_window=4, layer_types=["sliding_attention"] * 3)
+    (folder / "config.json").write_text(json.dumps(config))
+    model = load_model(folder)
+    assert reuse.reusable(model) and not _pads_safely(model)
+    rows = mixed(model)
+    _, cache = model(torch.as_tensor(rows)[:, :-1], return_type="logits_and_cache", use_cache=True)
+    assert reuse.lower_layers(cache) is None  # the case under test: nothing can be shared
+    got = sweep(model, rows, PREFIX, batch_size=4, progress=False)
+    for layer in (1, 2):
+        want = evaluate(model, rows, PREFIX, [AttentionBypass(layer)], strategy="generate")
+        np.testing.assert_array_equal(got[got.config == f"block:{layer}"].exact_match.to_numpy(), want.exact_match.to_numpy())
+    g = torch.Generator().manual_seed(6)
+    requests = [(torch.randint(1, 500, (n,), generator=g).tolist(), torch.randint(1, 500, (k,), generator=g).tolist())
+                for n in (3, 7, 7) for k in (1, 4)]  # fmt: skip
+    configs = {"baseline": [], "block:1": [AttentionBypass(1)]}
+    many = loglikelihoods_many(model, requests, configs, batch_size=16, progress=False)
+    for name, ivs in configs.items():
+        want_scores, want_greedy = loglikelihoods(model, requests, ivs, batch_size=16, progress=False)
+        np.testing.assert_allclose(many[name][0], want_scores, rtol=1e-5, atol=1e-4, err_msg=name)
+        np.testing.assert_array_equal(many[name][1], want_greedy, err_msg=name)
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_reference_head_bypass_is_right_with_a_kv_cache(family):
     """The HF reference for one head (analyses/speed.py's per-head baseline): HF ``generate``

@@ -79,10 +79,7 @@ def head_bypass_sweep(
     """
     validate_for_model(np.asarray(rows), prefix_len, model)
     configs = head_configs(model, layers)
-    base = "baseline"
-    while base in configs:  # never clashes with a head label, but stay safe
-        base += "_"
-    frames = evaluate_many(model, np.asarray(rows), prefix_len, {base: [], **configs}, batch_size=batch_size,
+    frames = evaluate_many(model, np.asarray(rows), prefix_len, {"baseline": [], **configs}, batch_size=batch_size,
                            n_samples=n_samples, progress=progress, decode_rows=decode_rows)  # fmt: skip
     out = pd.concat(
         [frames[name].assign(config=name, layer=iv[0].layers[0], head=iv[0].heads[0]) for name, iv in configs.items()],
