@@ -3,7 +3,8 @@
 For each organism (GPT-NeoX and GPT-Neo): the memorization sweep with every block bypassed
 joined with benchmark accuracy (the paper's figure set), the theorem check, and, on the
 injected variants whose answer key is known, localization by block bypass, head bypass,
-patching and attribution. Results go to ``results/`` (each step reused when its folder is
+patching and attribution; and the mitigation search (the heads and blocks whose bypass removes
+the most memorization within +5% held-out perplexity, docs/mitigation.md). Results go to ``results/`` (each step reused when its folder is
 complete, so a rerun after a crash continues), figures (PNG and PDF) to ``figures/``, and a
 short summary table is printed at the end.
 
@@ -104,6 +105,31 @@ def localize_step(arch: str, results: Path, progress: list[str]) -> list[Path]:
     return folders
 
 
+def mitigation_step(arch: str, results: Path, figures: Path, progress: list[str]) -> Path:
+    """The mitigation search on the parent organism (D=64 canaries, held-out text, +5% perplexity
+    budget); its interventions file and figure are copied to figures/mitigation/."""
+    import shutil
+
+    out = results / "mitigation" / arch
+    data, heldout = results / "mitigation" / f"{arch}-d64.npy", results / "mitigation" / f"{arch}-heldout.npy"
+    if not done(out, "heldout.csv", weights_tag(arch)):
+        data.parent.mkdir(parents=True, exist_ok=True)
+        cli(["organism", "canaries", "--arch", arch, "--duplicates", "64", "--out", str(data)])
+        cli(["organism", "heldout", "--arch", arch, "--out", str(heldout)])
+        prefix_len = json.loads(data.with_suffix(".json").read_text())["prefix_len"]
+        if out.exists():  # a stale or unfinished run: the search writes its folder in one go
+            shutil.rmtree(out)
+        cli(["mitigate", "--model", f"organism:{arch}", "--data", str(data), "--prefix-len", str(prefix_len),
+             "--general-data", str(heldout), "--budget-ppl", "0.05", "--name", f"mitigation-{arch}", "--out", str(out),
+             *progress])  # fmt: skip
+        stamp(out, weights_tag(arch))
+    (figures / "mitigation").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(out / "mitigation.json", figures / "mitigation" / f"{arch}-mitigation.json")
+    shutil.copyfile(out / "pareto.png", figures / "mitigation" / f"{arch}-pareto.png")
+    shutil.copyfile(out / "heldout.csv", figures / "mitigation" / f"{arch}-heldout.csv")
+    return out
+
+
 def summary_table(paper_tables: dict[str, pd.DataFrame], theory: dict[str, Path], localize: dict[str, list[Path]]) -> pd.DataFrame:
     rows = []
     for model, joined in paper_tables.items():
@@ -151,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import paper_figures
 
-    paper_tables, theory, localize = {}, {}, {}
+    paper_tables, theory, localize, mitigation = {}, {}, {}, {}
     for arch in archs:
         data, prefix_len = paper_figures.organism_canary_set(arch, results / "paper" / "data")
         folder = paper_figures.run_bench(f"organism:{arch}", data, prefix_len, None, results / "paper",
@@ -159,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         paper_tables[f"organism:{arch}"] = pd.read_csv(folder / "joined.csv")
         theory[arch] = theory_step(arch, data, prefix_len, results, progress)
         localize[arch] = localize_step(arch, results, progress)
+        mitigation[arch] = mitigation_step(arch, results, figures, progress)
 
     paper_figures.draw({m: paper_figures_mean(t) for m, t in paper_tables.items()}, figures / "paper", None)
     import theory_figures
@@ -172,8 +199,24 @@ def main(argv: list[str] | None = None) -> int:
 
     table = summary_table({m: paper_figures_mean(t) for m, t in paper_tables.items()}, theory, localize)
     print(table.to_string(index=False))
+    print("\nmitigation search (+5% perplexity budget; held-out halves):")
+    print(mitigation_table(mitigation).to_string(index=False))
     print(f"\nfinished in {time.monotonic() - start:.0f} s; figures in {figures}")
     return 0
+
+
+def mitigation_table(folders: dict[str, Path]) -> pd.DataFrame:
+    """Per organism: the chosen set and the best single block within the budget, next to no
+    intervention, on the held-out halves."""
+    rows = []
+    for arch, folder in folders.items():
+        t = pd.read_csv(folder / "heldout.csv").set_index("method")
+        for method in ("none", "search", "best block within budget", "best block at any cost"):
+            r = t.loc[method]
+            em = "-" if pd.isna(r.exact_match) else f"{r.exact_match:.3f} [{r.exact_match_low:.3f}, {r.exact_match_high:.3f}]"
+            ppl = "-" if pd.isna(r.exact_match) else f"{r.ppl_ratio:.3f} [{r.ppl_ratio_low:.3f}, {r.ppl_ratio_high:.3f}]"
+            rows.append({"organism": arch, "method": method, "set": r["set"], "exact match": em, "perplexity ratio": ppl})
+    return pd.DataFrame(rows)
 
 
 def paper_figures_mean(joined: pd.DataFrame) -> pd.DataFrame:

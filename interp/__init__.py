@@ -13,6 +13,7 @@ from interp.interventions import (
     ZeroAblation,
     apply,
 )
+from interp.mitigate import load_interventions
 from interp.models import load_model
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "MeanAblation",
     "ZeroAblation",
     "apply",
+    "load_interventions",
     "load_model",
 ]
 __version__ = "0.1.0"

@@ -105,3 +105,29 @@ def inputs_fingerprint(model_folder: str | os.PathLike, files: dict[str, str | o
     if len(cache) != before:
         _save_cache(cache)
     return out
+
+
+def model_weights_sha256(model) -> str:
+    """sha256 over a loaded model's state (names, dtypes, shapes and values of every entry of
+    its Hugging Face state dict, in name order): the same weights give the same fingerprint
+    whatever folder they were loaded from, and whether the model is a bare Hugging Face model
+    or the one inside a TransformerBridge (whose wrappers add ``_original_component`` to the
+    names and alias some tensors under extra names; the names hashed are the Hugging Face
+    class's own, read from an empty copy on the meta device)."""
+    import torch
+
+    hf = getattr(model, "original_model", model)
+    state: dict = {}
+    for name, t in hf.state_dict().items():
+        state.setdefault(name.replace("._original_component", ""), t)
+    with torch.device("meta"):
+        names = sorted(type(hf)(hf.config).state_dict())
+    missing = [n for n in names if n not in state]
+    if missing:
+        raise RuntimeError(f"cannot fingerprint this model: its state lacks {missing[:3]} (a wrapper this code does not know)")
+    h = hashlib.sha256()
+    for name in names:
+        t = state[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

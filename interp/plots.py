@@ -105,3 +105,57 @@ def save(fig: plt.Figure, out_dir: str | Path, name: str) -> list[Path]:
         fig.savefig(p, dpi=150, bbox_inches="tight", metadata={"CreationDate": None} if p.suffix == ".pdf" else None)
     plt.close(fig)
     return paths
+
+
+def mitigation_figure(table: pd.DataFrame, path: str | Path, *, title: str = "", budget: float | None = None) -> Path:
+    """Memorization left (held-out exact match, 95% interval) against general ability lost
+    (held-out perplexity ratio - 1, 95% interval): the search's greedy path as a line ending at
+    the chosen set, the baselines as labelled points, the budget as a dashed line. ``table``
+    is ``interp.mitigate.report``'s. Writes a PNG at ``path``."""
+    t = table.dropna(subset=["exact_match"])
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    path_rows = t[t.method.str.startswith("search")]
+    order = path_rows.n_components.argsort(kind="stable")
+    path_rows = pd.concat([t[t.method == "none"], path_rows.iloc[order]])
+    ax.plot(path_rows.ppl_ratio - 1, path_rows.exact_match, "-o", color="C0", label="search path (chosen set last)", zorder=3)
+    others = t[~t.method.str.startswith("search") & (t.method != "none")]
+    stacked: dict[float, int] = {}  # labels placed per exact-match level, so nearby ones stack
+    for kind, color, marker in (("random", "0.6", "x"), ("block", "C3", "s"), ("top-", "C2", "^")):
+        sel = others[others.method.str.contains(kind)]
+        if len(sel):
+            ax.errorbar(sel.ppl_ratio - 1, sel.exact_match,
+                        xerr=[sel.ppl_ratio - sel.ppl_ratio_low, sel.ppl_ratio_high - sel.ppl_ratio],
+                        yerr=[sel.exact_match - sel.exact_match_low, sel.exact_match_high - sel.exact_match],
+                        fmt=marker, color=color, capsize=2, label={"random": "random sets", "block": "best single block",
+                                                                  "top-": "top-k of a ranking"}[kind])  # fmt: skip
+            if kind != "random":  # one label per distinct set (rankings often agree), stacked upwards
+                for set_, g in sel.groupby("set", sort=False):
+                    r = g.iloc[0]
+                    ax.annotate("\n".join(g.method) + f": {set_}", (r.ppl_ratio - 1, r.exact_match), fontsize=6,
+                                xytext=(-4, 8 + 26 * stacked.get(round(r.exact_match, 1), 0)), textcoords="offset points",
+                                ha="right", arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5})  # fmt: skip
+                    stacked[round(r.exact_match, 1)] = stacked.get(round(r.exact_match, 1), 0) + 1
+    chosen = t[t.method == "search"]
+    if len(chosen):
+        r = chosen.iloc[0]
+        ax.errorbar([r.ppl_ratio - 1], [r.exact_match], xerr=[[r.ppl_ratio - r.ppl_ratio_low], [r.ppl_ratio_high - r.ppl_ratio]],
+                    yerr=[[r.exact_match - r.exact_match_low], [r.exact_match_high - r.exact_match]], fmt="*", ms=12,
+                    color="C0", capsize=2, label=f"chosen: {r.set}", zorder=4)  # fmt: skip
+    if budget is not None:
+        ax.axvline(budget, ls="--", color="0.3", lw=1, label=f"budget (+{budget:g})")
+    ax.set_xscale("symlog", linthresh=0.1, linscale=2)  # linear up to +10%, where budgets sit; far points compressed
+    right = max(0.12, float((t.ppl_ratio_high - 1).max()) * 1.2)
+    ax.set_xlim(-0.01, right)
+    ticks = [x for x in (0, 0.025, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2, 5, 10) if x <= right]
+    ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+    ax.set_xlabel("general ability lost: held-out perplexity ratio - 1 (linear to 0.1, log beyond)")
+    ax.set_ylabel("memorization left: held-out exact match")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -68,6 +68,10 @@ def bad_paths(kind: str):
     return st.sampled_from(files)
 
 
+def bad_interventions():
+    return st.sampled_from(["{root}/text.npy", "{root}/missing.json", "{root}/folder.npy", "{root}/a_file.txt", "{data}", ""])
+
+
 def bad_device():
     return st.one_of(st.sampled_from(["banana", "cuda:7", "tpu", "cpu:x", ""]), st.text(min_size=1, max_size=8).filter(
         lambda t: t.strip() not in ("cpu", "cpu:0", "meta")))  # fmt: skip
@@ -80,13 +84,26 @@ COMMANDS = {
         {"--prefix-len": st.one_of(non_positive(), st.integers(ROW, 10**9).map(str)), "--batch-size": non_positive(),
          "--chunk-rows": non_positive(), "--decode-rows": non_positive(), "--blocks": bad_int_list(N_LAYERS),
          "--shard": st.sampled_from(["5/5", "0/6", "1/0", "a/b", "-1/2", "0/2/3", ""]), "--device": bad_device(),
-         "--data": bad_paths("data"), "--model": bad_paths("model"), "--out": bad_paths("out")},
+         "--data": bad_paths("data"), "--model": bad_paths("model"), "--out": bad_paths("out"),
+         "--interventions": bad_interventions()},
+    ),
+    "mitigate": (
+        ["mitigate", "--model", "{model}", "--data", "{data}", "--prefix-len", str(PREFIX), "--general-data", "{data}",
+         "--out", "{out}", "--no-progress"],
+        {"--prefix-len": st.one_of(non_positive(), st.integers(ROW, 10**6).map(str)), "--batch-size": non_positive(),
+         "--budget-ppl": st.sampled_from(["-0.1", "nan", "inf", "five", ""]), "--budget-acc": st.sampled_from(["-1", "nan", "x"]),
+         "--beam": non_positive(), "--max-size": non_positive(), "--random": st.one_of(st.integers(max_value=-1).map(str), non_int_text()),
+         "--seed": st.one_of(negative(), st.integers(2**32, 10**30).map(str)), "--levels": st.sampled_from(["", ",", "heads", "head,head", "layer"]),
+         "--how": st.sampled_from(["mean", ""]), "--objective": st.sampled_from(["em", ""]), "--name": st.sampled_from(["a/b", "", "x y"]),
+         "--tasks": st.sampled_from(["typo"]), "--general-data": st.sampled_from(["{root}/text.npy", "{root}/missing.npy", "{root}/folder.npy"]),
+         "--data": bad_paths("data"), "--model": bad_paths("model"), "--out": bad_paths("out"), "--device": bad_device()},
     ),
     "bench": (
         ["bench", "--model", "{model}", "--tasks", "{task}", "--out", "{out}", "--no-progress"],
         {"--batch-size": non_positive(), "--limit": non_positive(), "--blocks": bad_int_list(N_LAYERS),
          "--tasks": st.sampled_from(["nope", "{task},{task}", "", ",", "{root}/a_file.txt"]), "--device": bad_device(),
-         "--model": bad_paths("model"), "--out": bad_paths("out"), "--perplexity": st.sampled_from(["missing.txt", ""])},
+         "--model": bad_paths("model"), "--out": bad_paths("out"), "--perplexity": st.sampled_from(["missing.txt", ""]),
+         "--interventions": bad_interventions()},
     ),
     "theory": (
         ["theory", "--model", "{model}", "--seq-len", "8", "--n-rows", "2", "--out", "{out}", "--no-progress"],
@@ -119,7 +136,9 @@ COMMANDS = {
 
 
 def _fill(arg: str, root: Path, model: Path, data: Path, task: Path, out: Path) -> str:
-    return arg.format(root=root, model=model, data=data, task=task, out=out)
+    for key, path in (("root", root), ("model", model), ("data", data), ("task", task), ("out", out)):
+        arg = arg.replace("{" + key + "}", str(path))  # not str.format: drawn values may hold braces
+    return arg
 
 
 @st.composite

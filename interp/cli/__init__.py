@@ -15,7 +15,7 @@ import sys
 from interp.cli.common import Parser
 from interp.errors import InputError
 
-SUBCOMMANDS = ["sweep", "bench", "theory", "localize", "organism"]  # modules under interp.cli, each with register(subparsers)
+SUBCOMMANDS = ["sweep", "bench", "theory", "localize", "organism", "mitigate"]  # modules under interp.cli, each with register(subparsers)
 
 
 def build_parser() -> Parser:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from interp import results
 from interp.benchmarks import evaluate, joined_table, perplexity_table, resolve_tasks
-from interp.cli.common import add_model_arg, check_unique, claimed_output, parse_int_list, positive_int, record_inputs
+from interp.cli.common import (add_interventions_arg, add_model_arg, check_interventions_file, check_unique, claimed_output,
+                               interventions_configs, parse_int_list, positive_int, record_inputs)
 from interp.data import load_rows, validate_for_model
 from interp.errors import InputError
 from interp.memorization import block_configs, summarize, sweep
@@ -41,6 +42,7 @@ def register(sub) -> None:
     p.add_argument("--perplexity", metavar="FILES", help="comma-separated UTF-8 text files: adds perplexity.csv")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--limit", type=positive_int, help="score only the first N items of each task (as lm-eval's --limit)")
+    add_interventions_arg(p)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
@@ -49,6 +51,7 @@ def _check_args(args: argparse.Namespace) -> None:
     if (args.with_memorization is None) != (args.prefix_len is None):
         raise InputError("--with-memorization and --prefix-len must be given together")
     check_path(args.out)
+    check_interventions_file(args)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     texts = _load_texts(args.perplexity)
     with claimed_output(args, "bench") as claim:
         model = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle)
-        configs = block_configs(model, blocks)
+        configs = block_configs(model, blocks) | interventions_configs(args, model)
         rows = _load_memorized(args, model)
         inputs = record_inputs(claim, args.model, _input_files(args), tasks=tasks_digest(tasks))
         kw = {"batch_size": args.batch_size, "progress": not args.no_progress}
@@ -83,7 +86,7 @@ def tasks_digest(tasks) -> str:
 
 def _input_files(args: argparse.Namespace) -> dict:
     """Every file the results are computed from, by role."""
-    files = {"memorization": args.with_memorization}
+    files = {"memorization": args.with_memorization, "interventions": args.interventions}
     for i, p in enumerate(_perplexity_paths(args.perplexity) if args.perplexity else []):
         files[f"perplexity:{i}"] = p
     return files

@@ -146,3 +146,29 @@ def record_inputs(claim, model_source: str, files: dict, **digests: str) -> dict
     inputs = inputs_fingerprint(weights_folder(model_source, allow_pickle=True), files) | digests
     claim.set_inputs(inputs)
     return inputs
+
+
+def add_interventions_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--interventions", metavar="FILE",
+                   help="an interventions file (from 'interp mitigate' or in its schema, docs/mitigation.md): "
+                        "adds its set as one more configuration, named file:<its name>")  # fmt: skip
+
+
+def check_interventions_file(args: argparse.Namespace) -> None:
+    """Refuse a malformed ``--interventions`` file before any model is loaded."""
+    if getattr(args, "interventions", None) is not None:
+        from interp.mitigate import read_interventions_file
+
+        read_interventions_file(args.interventions)
+
+
+def interventions_configs(args: argparse.Namespace, model) -> dict:
+    """``{"file:<name>": interventions}`` from ``--interventions`` (checked against ``model``'s
+    weights), or ``{}``."""
+    if getattr(args, "interventions", None) is None:
+        return {}
+    from interp.mitigate import load_interventions, read_interventions_file
+
+    name = str(read_interventions_file(args.interventions).get("name") or "interventions")
+    safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
+    return {f"file:{safe}": load_interventions(args.interventions, model)}

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from interp import results
-from interp.cli.common import add_model_arg, check_unique, claimed_output, parse_int_list, positive_int, record_inputs
+from interp.cli.common import (add_interventions_arg, add_model_arg, check_interventions_file, check_unique, claimed_output,
+                               interventions_configs, parse_int_list, positive_int, record_inputs)
 from interp.data import load_rows, validate_for_model
 from interp.errors import InputError
 from interp.memorization import METRICS, block_configs, summarize, sweep
@@ -37,6 +38,7 @@ def register(sub) -> None:
                    help="at most this many rows in one joint decode (at least --batch-size); bounds the KV caches held "
                         "at once, at some cost in speed (default: as many as fit 2 GiB of keys and values)")
     p.add_argument("--shard", help="K/N: run only the K-th of N contiguous slices of the rows (0-based); join with 'interp merge'")
+    add_interventions_arg(p)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
     m = sub.add_parser("merge", help="join the outputs of 'interp sweep --shard' runs", description=merge.__doc__)
@@ -63,6 +65,7 @@ def parse_shard(text: str | None, n_rows: int) -> tuple[int, int] | None:
 
 def run(args: argparse.Namespace) -> int:
     check_path(args.out)
+    check_interventions_file(args)
     blocks = parse_int_list(args.blocks, "--blocks")
     if args.decode_rows is not None and args.decode_rows < args.batch_size:
         raise InputError(f"--decode-rows ({args.decode_rows}) must be at least --batch-size ({args.batch_size})")
@@ -74,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
         rows = rows if rows is not None else load_rows(args.data, tokenizer=model.tokenizer)
         validate_for_model(rows, args.prefix_len, model)
         start, stop = parse_shard(args.shard, len(rows)) or (0, len(rows))
-        configs = block_configs(model, blocks)
-        inputs = record_inputs(claim, args.model, {"data": args.data})
+        configs = block_configs(model, blocks) | interventions_configs(args, model)
+        inputs = record_inputs(claim, args.model, {"data": args.data, "interventions": args.interventions})
         config = {
             "command": "sweep",
             "model": str(args.model),
