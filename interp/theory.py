@@ -76,6 +76,8 @@ class BlockWeights:
     score_scale: float  # scores are score_scale * (R_i q_i) . (R_j k_j) with rotary R (identity for GPT-Neo)
     rope_gain: float  # |R x| <= rope_gain |x| (1 for plain rotary)
     eps1: float
+    rms: bool = False  # RMSNorm (Llama family: no centering, no shift) instead of LayerNorm
+    W_gate: Float[Tensor, "d_model d_mlp"] | None = None  # gated MLP: (act(x W_gate) * (x W_in)) W_out
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class FinalWeights:
     W_U: Float[Tensor, "d_model vocab"]
     gamma_f: Float[Tensor, " d_model"]
     eps_f: float
+    rms: bool = False
 
 
 def _unwrap(module):
@@ -101,7 +104,8 @@ def _linear(module) -> tuple[Tensor, Tensor | None]:
 
 def _norm(module) -> tuple[Tensor, float]:
     ln = _unwrap(module)
-    return ln.weight.detach().to(F64), float(ln.eps)
+    eps = ln.eps if hasattr(ln, "eps") else ln.variance_epsilon  # LayerNorm / Llama-family RMSNorm
+    return ln.weight.detach().to(F64), float(eps)
 
 
 def _split_heads(W: Tensor, b: Tensor | None, n_heads: int) -> tuple[Tensor, Tensor]:
@@ -135,8 +139,10 @@ def block_weights(model, layer: int) -> BlockWeights:
         local = cfg.attention_layers[layer] == "local"
         act, window, parallel = cfg.activation_function, (int(cfg.window_size) if local else None), False
         scale, rope_gain = 1.0, 1.0  # GPT-Neo does not scale its scores
+    elif cfg.model_type in ("llama", "qwen2"):
+        return _llama_block_weights(hf, layer, n_heads)
     else:
-        raise InputError(f"the theory checks support gpt_neox and gpt_neo models; found {cfg.model_type!r}")
+        raise InputError(f"the theory checks support gpt_neox, gpt_neo, llama and qwen2 models; found {cfg.model_type!r}")
     d_head = W_V.shape[-1]
     W_O = W_o.reshape(n_heads, d_head, -1)
     b_O = torch.zeros(W_O.shape[-1], dtype=F64) if b_o is None else b_o
@@ -145,6 +151,34 @@ def block_weights(model, layer: int) -> BlockWeights:
     return BlockWeights(
         W_V, b_V, W_O, b_O, gamma1, gamma2, eps2, _linear(fc_in)[0], _linear(fc_out)[0], act, window, parallel,
         W_Q, b_Q, W_K, b_K, scale, rope_gain, eps1,
+    )  # fmt: skip
+
+
+def _llama_block_weights(hf, layer: int, n_heads: int) -> BlockWeights:
+    """Llama family (Llama, Qwen2): RMSNorm, rotary scores scaled by 1/sqrt(d_head), a gated
+    SiLU MLP, sequential residual, and grouped-query attention: query head j reads key/value
+    head j // (n_heads / n_kv_heads), so the per-head key and value weights are the shared
+    ones repeated (every statement of docs/theory.md holds per query head)."""
+    cfg = hf.config
+    types = getattr(cfg, "layer_types", None) or []
+    if types and types[layer] != "full_attention":
+        raise InputError(f"block {layer} is a {types[layer]!r} layer; the theory checks cover full attention only")
+    blk = hf.model.layers[layer]
+    attn, mlp = _unwrap(blk.self_attn), _unwrap(blk.mlp)
+    n_kv = int(cfg.num_key_value_heads)
+    shared = [j // (n_heads // n_kv) for j in range(n_heads)]
+    W_Q, b_Q = _split_heads(*_linear(attn.q_proj), n_heads)
+    (W_K, b_K), (W_V, b_V) = (_split_heads(*_linear(getattr(attn, f"{n}_proj")), n_kv) for n in "kv")
+    W_K, b_K, W_V, b_V = W_K[shared], b_K[shared], W_V[shared], b_V[shared]
+    W_o, b_o = _linear(attn.o_proj)
+    d_head = W_V.shape[-1]
+    gamma1, eps1 = _norm(blk.input_layernorm)
+    gamma2, eps2 = _norm(blk.post_attention_layernorm)
+    rope_gain = max(1.0, float(getattr(_unwrap(hf.model.rotary_emb), "attention_scaling", 1.0)))
+    return BlockWeights(
+        W_V, b_V, W_o.reshape(n_heads, d_head, -1), torch.zeros(W_o.shape[-1], dtype=F64) if b_o is None else b_o,
+        gamma1, gamma2, eps2, _linear(mlp.up_proj)[0], _linear(mlp.down_proj)[0], cfg.hidden_act, None, False,
+        W_Q, b_Q, W_K, b_K, float(attn.scaling), rope_gain, eps1, rms=True, W_gate=_linear(mlp.gate_proj)[0],
     )  # fmt: skip
 
 
@@ -158,9 +192,10 @@ def _neox_qkv(W_qkv: Tensor, b_qkv: Tensor | None, n_heads: int) -> list[tuple[T
 
 def final_weights(model) -> FinalWeights:
     hf = model.original_model
-    ln_f = hf.gpt_neox.final_layer_norm if hf.config.model_type == "gpt_neox" else hf.transformer.ln_f
+    kind = hf.config.model_type
+    ln_f = {"gpt_neox": lambda: hf.gpt_neox.final_layer_norm, "gpt_neo": lambda: hf.transformer.ln_f}.get(kind, lambda: hf.model.norm)()
     gamma_f, eps_f = _norm(ln_f)
-    return FinalWeights(_linear(hf.get_output_embeddings())[0], gamma_f, eps_f)
+    return FinalWeights(_linear(hf.get_output_embeddings())[0], gamma_f, eps_f, rms=kind in ("llama", "qwen2"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,16 +318,17 @@ def per_token_bounds(
 
 
 def segment_min_scale(
-    a: Float[Tensor, "... d_model"], b: Float[Tensor, "... d_model"], eps: float
+    a: Float[Tensor, "... d_model"], b: Float[Tensor, "... d_model"], eps: float, rms: bool = False
 ) -> Float[Tensor, "..."]:
-    """``min_{t in [0, 1]} sqrt(var(b + t (a - b)) + eps)``, exactly.
+    """``min_{t in [0, 1]} sqrt(var(b + t (a - b)) + eps)``, exactly; with ``rms`` the mean square
+    instead of the variance (RMSNorm, no centering).
 
-    The variance along the segment is a convex quadratic in ``t``; its minimiser is clamped to
-    [0, 1]. This is the local LayerNorm constant: ``||LN(a) - LN(b)|| <= ||gamma||_inf ||a - b|| / s``.
+    Either is a convex quadratic in ``t``; its minimiser is clamped to [0, 1]. This is the local
+    norm constant: ``||LN(a) - LN(b)|| <= ||gamma||_inf ||a - b|| / s`` (docs/theory.md D3, D5).
     """
     a, b = a.to(F64), b.to(F64)
-    pb = b - b.mean(-1, keepdim=True)
-    pd = (a - b) - (a - b).mean(-1, keepdim=True)
+    pb = b if rms else b - b.mean(-1, keepdim=True)
+    pd = (a - b) if rms else (a - b) - (a - b).mean(-1, keepdim=True)
     denom = (pd * pd).sum(-1)
     t = torch.where(denom > 0, -(pb * pd).sum(-1) / denom.clamp_min(1e-300), torch.zeros_like(denom)).clamp(0.0, 1.0)
     x = pb + t[..., None] * pd
@@ -300,8 +336,38 @@ def segment_min_scale(
 
 
 def mlp_lipschitz(w: BlockWeights) -> float:
-    """``||W_out||_2 c_act ||W_in||_2 ||gamma2||_inf``: the MLP-after-LN constant before ``1/s_min``."""
+    """``||W_out||_2 c_act ||W_in||_2 ||gamma2||_inf``: the MLP-after-LN constant before ``1/s_min``
+    (a plain MLP; for a gated one see ``gated_mlp_constant``)."""
+    if w.W_gate is not None:
+        raise ValueError("a gated MLP has no global constant; use gated_mlp_constant")
     return spectral_norm(w.W_out) * activation_derivative_bound(w.act) * spectral_norm(w.W_in) * float(w.gamma2.abs().max())
+
+
+def mlp_norms(w: BlockWeights) -> dict[str, float]:
+    """The spectral norms and constants ``gated_mlp_constant`` combines (computed once per block)."""
+    return {"out": spectral_norm(w.W_out), "in": spectral_norm(w.W_in), "gate": spectral_norm(w.W_gate),
+            "c_act": activation_derivative_bound(w.act), "gamma2": float(w.gamma2.abs().max())}  # fmt: skip
+
+
+def gated_mlp_constant(
+    w: BlockWeights, norms: dict[str, float], p: Float[Tensor, "batch pos d_model"], q: Float[Tensor, "batch pos d_model"]
+) -> Float[Tensor, "batch pos"]:
+    """D5: the local constant of a gated MLP after its norm, before ``1/s_min``, per token:
+    ``||W_out||_2 (c_act ||p W_in||_inf ||W_gate||_2 + ||act(q W_gate)||_inf ||W_in||_2) ||gamma2||_inf``,
+    with ``p`` and ``q`` the two runs' norm outputs (``MLP(p) - MLP(q)`` splits as
+    ``(act(a) - act(a')) * b W_out + act(a') * (b - b') W_out`` with ``a, b = p W_gate, p W_in``
+    and ``a', b' = q W_gate, q W_in``)."""
+    b_inf = (p.to(F64) @ w.W_in).abs().amax(-1)
+    g_inf = ACT2FN[w.act](q.to(F64) @ w.W_gate).abs().amax(-1)
+    return norms["out"] * (norms["c_act"] * b_inf * norms["gate"] + g_inf * norms["in"]) * norms["gamma2"]
+
+
+def _mlp_constant(w: BlockWeights, consts: dict, layer: int, normal: dict, bypassed: dict) -> Tensor | float:
+    """The MLP constant before ``1/s_min`` of block ``layer``: a number for a plain MLP, per
+    token (from both runs' LN2 outputs) for a gated one."""
+    if w.W_gate is None:
+        return consts["mlp_lip"][layer]
+    return gated_mlp_constant(w, consts["mlp_norms"][layer], normal[sites.ln2_out(layer)], bypassed[sites.ln2_out(layer)])
 
 
 def logits_lipschitz(f: FinalWeights) -> float:
@@ -355,19 +421,19 @@ def attention_step_bound(
 
 
 def block_step_bound(
-    w: BlockWeights, mlp_lip: float, normal: dict[str, Tensor], bypassed: dict[str, Tensor], layer: int
+    w: BlockWeights, mlp_lip: float | Tensor, normal: dict[str, Tensor], bypassed: dict[str, Tensor], layer: int
 ) -> Float[Tensor, "batch pos"]:
     """D4 step: a bound on ``||y_i - ỹ_i||`` after block ``layer >= 1`` given its input difference
     (both runs' activations of this block provide the local constants; ``mlp_lip`` is
-    ``mlp_lipschitz(w)``)."""
+    ``mlp_lipschitz(w)``, or per token ``gated_mlp_constant`` for a gated MLP)."""
     h, h_b = normal[sites.resid_post(layer - 1)], bypassed[sites.resid_post(layer - 1)]
     dh = _norm_last(h - h_b)
-    du = float(w.gamma1.abs().max()) * dh / segment_min_scale(h, h_b, w.eps1)
+    du = float(w.gamma1.abs().max()) * dh / segment_min_scale(h, h_b, w.eps1, w.rms)
     att = attention_step_bound(w, normal[sites.pattern(layer)], normal[sites.ln1_out(layer)], bypassed[sites.ln1_out(layer)], du)
     if w.parallel:
-        return dh + att + mlp_lip * dh / segment_min_scale(h, h_b, w.eps2)
+        return dh + att + mlp_lip * dh / segment_min_scale(h, h_b, w.eps2, w.rms)
     mid, mid_b = normal[sites.resid_mid(layer)], bypassed[sites.resid_mid(layer)]
-    return (dh + att) * (1 + mlp_lip / segment_min_scale(mid, mid_b, w.eps2))
+    return (dh + att) * (1 + mlp_lip / segment_min_scale(mid, mid_b, w.eps2, w.rms))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,18 +449,21 @@ class TheoryTables(NamedTuple):
     propagation: pd.DataFrame
 
 
-def _normal_names(n_layers: int, sequential: bool) -> set[str]:
+def _normal_names(n_layers: int, sequential: bool, gated: bool = False) -> set[str]:
     names = {sites.resid_post(k) for k in range(n_layers)}
     for k in range(n_layers):
         names |= {sites.ln1_out(k), sites.pattern(k), sites.attn_out(k)}
         if sequential:
             names.add(sites.resid_mid(k))
+        if gated:
+            names.add(sites.ln2_out(k))
     return names
 
 
-def _bypass_names(layer: int, n_layers: int, sequential: bool) -> set[str]:
+def _bypass_names(layer: int, n_layers: int, sequential: bool, gated: bool = False) -> set[str]:
     names = {sites.attn_out(layer)} | {sites.resid_post(k) for k in range(layer, n_layers)}
     names |= {sites.ln1_out(k) for k in range(layer + 1, n_layers)}
+    names |= {sites.ln2_out(k) for k in range(layer, n_layers)} if gated else set()
     return names | ({sites.resid_mid(k) for k in range(layer, n_layers)} if sequential else set())
 
 
@@ -426,7 +495,7 @@ def _block_columns(layer, w, normal, bypassed, logits, logits_b, final, consts) 
     cols.update(_block_bound(w, delta, normal, bypassed, layer, consts))
     h, h_b = normal[sites.resid_post(n_layers - 1)], bypassed[sites.resid_post(n_layers - 1)]
     cols["final_measured"] = _norm_last(h - h_b)
-    cols["s_min_final"] = segment_min_scale(h, h_b, final.eps_f)
+    cols["s_min_final"] = segment_min_scale(h, h_b, final.eps_f, final.rms)
     cols["logits_measured"] = _norm_last(logits - logits_b)
     cols["logits_bound"] = consts["logits_lip"] / cols["s_min_final"] * cols["final_measured"]
     cols["logits_scale"] = torch.maximum(_norm_last(logits), _norm_last(logits_b))
@@ -440,8 +509,8 @@ def _block_bound(w: BlockWeights, delta, normal, bypassed, layer: int, consts) -
         y_diff = normal[sites.resid_post(layer)] - bypassed[sites.resid_post(layer)]
         nan = torch.full_like(dnorm, float("nan"))
         return {"block_identity_err": _norm_last(y_diff - delta), "s_min_ln2": nan, "block_factor": torch.ones_like(dnorm), "block_bound": dnorm}
-    s_min = segment_min_scale(normal[sites.resid_mid(layer)], bypassed[sites.resid_mid(layer)], w.eps2)
-    factor = 1.0 + consts["mlp_lip"][layer] / s_min
+    s_min = segment_min_scale(normal[sites.resid_mid(layer)], bypassed[sites.resid_mid(layer)], w.eps2, w.rms)
+    factor = 1.0 + _mlp_constant(w, consts, layer, normal, bypassed) / s_min
     return {"block_identity_err": torch.full_like(dnorm, float("nan")), "s_min_ln2": s_min, "block_factor": factor, "block_bound": factor * dnorm}
 
 
@@ -458,7 +527,8 @@ def _propagation_rows(layer: int, normal, bypassed, seq0: int, consts) -> pd.Dat
 
     E = np.stack([frob(_norm_last(normal[sites.resid_post(k)] - bypassed[sites.resid_post(k)])) for k in blocks], 1)
     scale = np.stack([frob(_norm_last(normal[sites.resid_post(k)])) for k in blocks], 1)
-    steps = [frob(block_step_bound(weights[k], consts["mlp_lip"][k], normal, bypassed, k)) for k in blocks if k > layer]
+    steps = [frob(block_step_bound(weights[k], _mlp_constant(weights[k], consts, k, normal, bypassed), normal, bypassed, k))
+             for k in blocks if k > layer]  # fmt: skip
     E_bound = np.stack([np.full(E.shape[0], np.nan), *steps], 1)
     with np.errstate(divide="ignore", invalid="ignore"):
         rho = np.concatenate([np.full((E.shape[0], 1), np.nan), E[:, 1:] / E[:, :-1]], axis=1)
@@ -528,19 +598,21 @@ def theory_tables(
     weights = {k: block_weights(model, k) for k in range(n_layers)}
     final = final_weights(model)
     sequential = any(not w.parallel for w in weights.values())
+    gated = any(w.W_gate is not None for w in weights.values())
     consts = {
         "n_layers": n_layers,
         "weights": weights,
         "logits_lip": logits_lipschitz(final),
-        "mlp_lip": {k: mlp_lipschitz(w) for k, w in weights.items()},
+        "mlp_lip": {k: mlp_lipschitz(w) for k, w in weights.items() if w.W_gate is None},
+        "mlp_norms": {k: mlp_norms(w) for k, w in weights.items() if w.W_gate is not None},
     }
     bounds, props = [], []
     device = model.cfg.device
     for start in tqdm(range(0, len(tokens), batch_size), desc="theory", disable=not progress, leave=False):
         batch = tokens[start : start + batch_size].to(device)
-        logits, normal = _run(model, batch, _normal_names(n_layers, sequential))
+        logits, normal = _run(model, batch, _normal_names(n_layers, sequential, gated))
         for layer in layers:
-            logits_b, bypassed = _run(model, batch, _bypass_names(layer, n_layers, sequential), [AttentionBypass(layer)])
+            logits_b, bypassed = _run(model, batch, _bypass_names(layer, n_layers, sequential, gated), [AttentionBypass(layer)])
             cols = _block_columns(layer, weights[layer], normal, bypassed, logits, logits_b, final, consts)
             bounds.append(_tidy(layer, cols, start))
             props.append(_propagation_rows(layer, normal, bypassed, start, consts))

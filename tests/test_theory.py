@@ -57,7 +57,7 @@ def boot_dirs(tmp_path_factory) -> dict:
     """One saved folder per family, only for the bridge to find a config and tokenizer; the
     models under test are built in memory and passed as ``hf_model``."""
     root = tmp_path_factory.mktemp("theory_boot")
-    return {a: make_tiny_model(root / a, a, n_layers=1, d_model=8, n_heads=2) for a in ("neox", "neo")}
+    return {a: make_tiny_model(root / a, a, n_layers=1, d_model=8, n_heads=2) for a in ("neox", "neo", "llama", "qwen2")}
 
 
 def _randomize_norms(hf, seed: int, scale: float) -> None:
@@ -94,6 +94,8 @@ def cases(draw, arch: str):
     )
     if arch == "neo":
         kw["window"] = draw(st.integers(1, 6))
+    elif arch in ("llama", "qwen2"):  # grouped-, multi- or ordinary multi-head attention
+        kw["n_kv_heads"] = draw(st.sampled_from([k for k in range(1, n_heads + 1) if n_heads % k == 0]))
     else:
         kw["rotary_pct"] = draw(st.sampled_from([0.25, 0.5, 1.0]))
     seed = draw(st.integers(0, 2**16))
@@ -148,6 +150,78 @@ def test_bounds_hold_on_random_neox(boot_dirs, case):
 @given(case=cases("neo"))
 def test_bounds_hold_on_random_neo(boot_dirs, case):
     _check_case(boot_dirs, "neo", case)
+
+
+@PROPERTY
+@given(case=cases("llama"))
+def test_bounds_hold_on_random_llama(boot_dirs, case):
+    """RMSNorm, gated SiLU MLP, grouped-query attention (docs/theory.md D5)."""
+    _check_case(boot_dirs, "llama", case)
+
+
+@PROPERTY
+@given(case=cases("qwen2"))
+def test_bounds_hold_on_random_qwen2(boot_dirs, case):
+    """As Llama, with q/k/v biases."""
+    _check_case(boot_dirs, "qwen2", case)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 2**16), d=st.sampled_from([4, 8, 16]), d_mlp=st.sampled_from([4, 16, 48]),
+       scale=st.floats(0.1, 10.0), near=st.booleans())  # fmt: skip
+def test_gated_mlp_constant_bounds_the_hf_sublayer(seed, d, d_mlp, scale, near):
+    """D5 against Hugging Face's own RMSNorm and gated MLP: ||MLP(RMS(r)) - MLP(RMS(r~))|| is at
+    most gated_mlp_constant(RMS(r), RMS(r~)) ||r - r~|| / s_min (RMS segment minimum)."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
+
+    g = torch.Generator().manual_seed(seed)
+    cfg = LlamaConfig(hidden_size=d, intermediate_size=d_mlp, hidden_act="silu", rms_norm_eps=1e-6, num_attention_heads=1,
+                      num_key_value_heads=1)
+    mlp, norm = LlamaMLP(cfg).double(), LlamaRMSNorm(d, eps=1e-6).double()
+    with torch.no_grad():
+        for lin in (mlp.gate_proj, mlp.up_proj, mlp.down_proj):
+            lin.weight.copy_(scale * torch.randn(lin.weight.shape, generator=g, dtype=torch.float64))
+        norm.weight.copy_(torch.empty(d, dtype=torch.float64).uniform_(-3, 3, generator=g))
+    r = scale * torch.randn(1, 5, d, generator=g, dtype=torch.float64)
+    r_b = r + (1e-3 if near else 1.0) * scale * torch.randn(1, 5, d, generator=g, dtype=torch.float64)
+    w = theory.BlockWeights(
+        W_V=torch.zeros(1, d, 1, dtype=torch.float64), b_V=torch.zeros(1, 1, dtype=torch.float64),
+        W_O=torch.zeros(1, 1, d, dtype=torch.float64), b_O=torch.zeros(d, dtype=torch.float64), gamma1=norm.weight.detach(),
+        gamma2=norm.weight.detach(), eps2=1e-6, W_in=mlp.up_proj.weight.detach().T, W_out=mlp.down_proj.weight.detach().T,
+        act="silu", window=None, parallel=False, W_Q=torch.zeros(1, d, 1, dtype=torch.float64),
+        b_Q=torch.zeros(1, 1, dtype=torch.float64), W_K=torch.zeros(1, d, 1, dtype=torch.float64),
+        b_K=torch.zeros(1, 1, dtype=torch.float64), score_scale=1.0, rope_gain=1.0, eps1=1e-6, rms=True,
+        W_gate=mlp.gate_proj.weight.detach().T,
+    )  # fmt: skip
+    with torch.no_grad():
+        p, q = norm(r), norm(r_b)
+        measured = (mlp(p) - mlp(q)).norm(dim=-1)
+    const = theory.gated_mlp_constant(w, theory.mlp_norms(w), p, q)
+    bound = const * (r - r_b).norm(dim=-1) / theory.segment_min_scale(r, r_b, 1e-6, rms=True)
+    assert (measured <= bound * (1 + 1e-9) + 1e-12).all()
+    # the constant itself against the formula of docs/theory.md D5, by numpy (SVD norms, loops over tokens)
+    sv = {n: np.linalg.svd(getattr(mlp, f"{n}_proj").weight.detach().numpy(), compute_uv=False)[0] for n in ("gate", "up", "down")}
+    c_silu = 1.0998  # sup |silu'| = 1.09984 at x = 2.3994
+    for i in range(5):
+        pn, qn = p[0, i].numpy(), q[0, i].numpy()
+        up = mlp.up_proj.weight.detach().numpy() @ pn
+        a_q = mlp.gate_proj.weight.detach().numpy() @ qn
+        silu_q = a_q / (1 + np.exp(-a_q))
+        want = sv["down"] * (c_silu * np.abs(up).max() * sv["gate"] + np.abs(silu_q).max() * sv["up"]) * np.abs(norm.weight.detach().numpy()).max()
+        assert float(const[0, i]) == pytest.approx(want, rel=1e-4)
+
+
+def test_rms_segment_min_scale_is_the_minimum_over_the_segment():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        a, b = torch.randn(2, 7, dtype=torch.float64, generator=g).unbind(0)
+        b = b * 0.1 + a * float(torch.rand(1, generator=g))  # segments that pass near the origin too
+        t = torch.linspace(0, 1, 20001, dtype=torch.float64)[:, None]
+        x = b + t * (a - b)
+        sampled = torch.sqrt((x * x).mean(-1) + 1e-6).min()
+        exact = theory.segment_min_scale(a, b, 1e-6, rms=True)
+        assert exact <= sampled + 1e-12 and sampled - exact < 1e-6
 
 
 # ---------------------------------------------------------------------------------------------
