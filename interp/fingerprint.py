@@ -120,11 +120,17 @@ def model_weights_sha256(model) -> str:
     state: dict = {}
     for name, t in hf.state_dict().items():
         state.setdefault(name.replace("._original_component", ""), t)
-    with torch.device("meta"):
-        names = sorted(type(hf)(hf.config).state_dict())
+    from interp.errors import InputError
+
+    try:
+        with torch.device("meta"):
+            names = sorted(type(hf)(hf.config).state_dict())
+    except Exception as err:  # noqa: BLE001 (any model class that cannot be rebuilt from its config)
+        raise InputError(f"cannot fingerprint this model's weights: {type(hf).__name__} cannot be rebuilt from its config "
+                         f"({type(err).__name__})") from None  # fmt: skip
     missing = [n for n in names if n not in state]
     if missing:
-        raise RuntimeError(f"cannot fingerprint this model: its state lacks {missing[:3]} (a wrapper this code does not know)")
+        raise InputError(f"cannot fingerprint this model's weights: its state lacks {missing[:3]} (a wrapper interp does not know)")
     h = hashlib.sha256()
     for name in names:
         t = state[name].detach().to("cpu").contiguous()

@@ -92,25 +92,33 @@ def split_halves(n: int, seed: int, what: str) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------- teacher-forced scoring with reuse
 
 
+RESID_BUDGET = 2 * 2**30  # bytes of kept residuals per scorer (interp.memorization's KV-cache budget)
+
+
 class RowScorer:
     """Per-row reductions of the logits of fixed ``rows`` under component sets. The unmodified
-    pass is run once (its residual stream entering every block is kept), and a set's pass runs
-    only the blocks from its earliest one up (``interp.reuse``), batch by batch, so no
+    pass is run once, keeping its residual stream entering the blocks in ``kept`` (every block
+    when that fits ``budget`` bytes, else every k-th), and a set's pass runs only the blocks from
+    the highest kept block at or below its earliest one (``interp.reuse``: the residual entering
+    any block below an intervention is the unmodified one), batch by batch, so no
     ``[rows, pos, vocab]`` tensor is held. ``reduce(logits, tokens)`` maps one batch's logits
     (positions ``start`` on) and its token rows to a ``[batch, k]`` tensor."""
 
     def __init__(self, model, rows: np.ndarray, reduce: Callable[[Tensor, Tensor], Tensor], *, start: int = 0,
-                 how: str = "bypass", batch_size: int = 32):  # fmt: skip
+                 how: str = "bypass", batch_size: int = 32, budget: int | None = None):  # fmt: skip
         self.model, self.reduce, self.start, self.how = model, reduce, start, how
         self.tokens = torch.as_tensor(np.asarray(rows), dtype=torch.long)
         self.slices = list(batches(len(self.tokens), batch_size))
-        self.reuse = reuse.reusable(model)
         L = int(model.cfg.n_layers)
+        per_block = self.tokens.numel() * int(model.cfg.d_model) * torch.finfo(model.cfg.dtype).bits // 8
+        fits = int((RESID_BUDGET if budget is None else budget) // max(1, per_block))
+        stride = 1 if fits >= L - 1 else (L - 1 + fits - 1) // fits if fits > 0 else L
+        self.kept = [b for b in range(1, L) if b % stride == 0] if reuse.reusable(model) else []
         self.resid: list[dict[int, Tensor]] = []
         parts = []
         with torch.no_grad():
             for sl in self.slices:
-                with reuse.capture_resid(model, range(1, L) if self.reuse else []) as store:
+                with reuse.capture_resid(model, self.kept) as store:
                     logits = model(self.tokens[sl].to(model.cfg.device), return_type="logits")
                 self.resid.append(dict(store))
                 parts.append(self._reduced(logits, sl))
@@ -128,7 +136,8 @@ class RowScorer:
         if not components:
             return self.base
         ivs = knockout_interventions(list(components), self.how)
-        first = reuse.earliest_block(self.model, ivs) if self.reuse else 0
+        earliest = reuse.earliest_block(self.model, ivs)
+        first = max([b for b in self.kept if b <= earliest], default=0)
         parts = []
         with apply(self.model, *ivs):
             for i, sl in enumerate(self.slices):
@@ -295,6 +304,9 @@ def search(
     base = ev.memorization(())
     if base["exact_match"] == 0:
         raise InputError("the unmodified model reproduces none of the search half's rows exactly: there is no memorization to remove")
+    ev.ppl_ratio(())  # 1 by definition; recorded so the "none" row reads as the others
+    if tasks:
+        ev.acc_drop(())
     records = [ev.record((), 0, True, False)]
     bar = tqdm(total=len(pool) + max_size, desc="mitigation search", disable=not progress)
     for c in pool:  # the single-component sweep: every score, for the rankings and the baselines
@@ -311,17 +323,18 @@ def search(
     usable = [c for c in pool if ev.feasible((c,), budget)]
     best, current, path = (), [()], []
     for step in range(1, max_size + 1):
-        exts = sorted({normalize((*s, c)) for s in current for c in usable}, key=lambda e: (-ev.memorization(e)["removed"], e))
-        exts = [e for e in exts if len(e) == step]  # a head added to its own bypassed block changes nothing
+        exts = [e for e in {normalize((*s, c)) for s in current for c in usable} if len(e) == step]  # a head added to its own bypassed block changes nothing
+        exts.sort(key=lambda e: (-ev.memorization(e)["removed"], e))
         checked: dict[tuple[str, ...], bool] = {}
         for e in exts:
             if sum(checked.values()) == beam or len(checked) == max_checks:
                 break
             checked[e] = ev.feasible(e, budget)
         nxt = [e for e, ok in checked.items() if ok]
-        records += [ev.record(e, step, checked.get(e), e in nxt) for e in exts]
+        stop = not nxt or ev.memorization(nxt[0])["removed"] <= ev.memorization(best)["removed"]
+        records += [ev.record(e, step, checked.get(e), e in nxt and not stop) for e in exts]
         bar.update()
-        if not nxt or ev.memorization(nxt[0])["removed"] <= ev.memorization(best)["removed"]:
+        if stop:
             break  # nothing within the budget removes more than the best set so far
         best, current = nxt[0], nxt
         path.append(best)
@@ -457,7 +470,7 @@ def intervention_specs(interventions: Sequence[Intervention]) -> list[dict]:
 
 
 def export(path: str | Path, model, result: SearchResult, table: pd.DataFrame | None = None, *, name: str = "mitigation",
-           extra: dict | None = None) -> Path:  # fmt: skip
+           extra: dict | None = None, weights_sha256: str | None = None) -> Path:  # fmt: skip
     """Write the chosen set as a versioned interventions file (docs/mitigation.md), with the
     model's weight fingerprint, the search's settings and split, and (``table``) its held-out
     numbers."""
@@ -475,7 +488,7 @@ def export(path: str | Path, model, result: SearchResult, table: pd.DataFrame | 
         "schema": SCHEMA,
         "version": VERSION,
         "name": name,
-        "model": {"name": model_name(model), "weights_sha256": model_weights_sha256(model),
+        "model": {"name": model_name(model), "weights_sha256": weights_sha256 or model_weights_sha256(model),
                   "n_layers": int(model.cfg.n_layers), "n_heads": int(model.cfg.n_heads)},
         "how": how,
         "components": list(result.chosen),
@@ -522,8 +535,8 @@ def read_interventions_file(path: str | Path) -> dict:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
         raise InputError(f"interventions file {str(path)!r} does not exist") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise InputError(f"interventions file {str(path)!r} is not JSON") from None
+    except (UnicodeDecodeError, ValueError, RecursionError):  # JSONDecodeError is a ValueError; so are over-long integers
+        raise InputError(f"interventions file {str(path)!r} is not JSON (or nests or numbers beyond what can be read)") from None
     except IsADirectoryError:
         raise InputError(f"interventions file {str(path)!r} is a folder, not a file") from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:

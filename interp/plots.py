@@ -145,8 +145,9 @@ def mitigation_figure(table: pd.DataFrame, path: str | Path, *, title: str = "",
         ax.axvline(budget, ls="--", color="0.3", lw=1, label=f"budget (+{budget:g})")
     ax.set_xscale("symlog", linthresh=0.1, linscale=2)  # linear up to +10%, where budgets sit; far points compressed
     right = max(0.12, float((t.ppl_ratio_high - 1).max()) * 1.2)
-    ax.set_xlim(-0.01, right)
-    ticks = [x for x in (0, 0.025, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2, 5, 10) if x <= right]
+    left = min(-0.01, float((t.ppl_ratio_low - 1).min()) * 1.2)  # a removal can also lower perplexity
+    ax.set_xlim(left, right)
+    ticks = [x for x in (-0.5, -0.2, -0.1, -0.05, -0.025, 0, 0.025, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2, 5, 10) if left <= x <= right]
     ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
     ax.set_xlabel("general ability lost: held-out perplexity ratio - 1 (linear to 0.1, log beyond)")
     ax.set_ylabel("memorization left: held-out exact match")

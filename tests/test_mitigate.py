@@ -95,6 +95,21 @@ def test_row_scorer_equals_the_hf_modules(bridge, hf, components):
     assert np.array_equal(ours[:, 1:], ref[:, 1:])
 
 
+def test_row_scorer_under_a_residual_budget_gives_the_same_scores(bridge):
+    """With room for only some blocks' residuals, sets start from the highest kept block below
+    their earliest one: the scores do not change."""
+    rows = _memorized(bridge, n=6, seed=2)
+    cap = math.log(int(bridge.cfg.d_vocab))
+    full = M.RowScorer(bridge, rows, M.suffix_reduction(PREFIX, cap), start=PREFIX - 1, batch_size=4)
+    per_block = rows.size * int(bridge.cfg.d_model) * 4
+    some = M.RowScorer(bridge, rows, M.suffix_reduction(PREFIX, cap), start=PREFIX - 1, batch_size=4, budget=per_block)
+    none = M.RowScorer(bridge, rows, M.suffix_reduction(PREFIX, cap), start=PREFIX - 1, batch_size=4, budget=0)
+    L = int(bridge.cfg.n_layers)
+    assert full.kept == list(range(1, L)) and 0 < len(some.kept) < L - 1 and none.kept == []
+    for s in [("L1H2",), (f"block:{L - 1}",), ("L0H1", f"L{L - 1}H3"), ("block:2",)]:
+        assert torch.equal(full(s), some(s)) and torch.equal(full(s), none(s))
+
+
 def test_search_scores_are_greedy_exact_match(bridge):
     """The search half's exact match and match length, read off one teacher-forced pass, equal
     greedy decoding's (interp.memorization.evaluate) under the same set."""
@@ -164,6 +179,11 @@ def searched(tiny_dirs):
 def test_report_rows_and_intervals(searched):
     bridge, rows, general, res, table = searched
     assert list(table.method[:1]) == ["none"] and "search" in set(table.method)
+    first = res.scores.iloc[0]
+    assert first["set"] == "none" and first.ppl_ratio == 1.0
+    last_step = res.scores[res.scores.step == res.scores.step.max()]
+    assert res.scores.in_beam.astype(bool).sum() <= res.settings["beam"] * res.scores.step.max()
+    assert not (last_step.in_beam.astype(bool).any() and len(res.chosen) < res.scores.step.max())
     none = table[table.method == "none"].iloc[0]
     assert none.ppl_ratio == 1.0 and none.n_rows == len(res.split["heldout"])
     full = table.dropna(subset=["exact_match"])
@@ -192,6 +212,9 @@ def test_export_round_trip_and_refusals(searched, tmp_path, tiny_dirs):
         with pytest.raises(InputError):
             M.load_interventions(p)
     (tmp_path / "notjson.json").write_text("{")
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(InputError):
+        M.load_interventions(tmp_path / "deep.json")
     for p in (tmp_path / "notjson.json", tmp_path / "missing.json", tmp_path):
         with pytest.raises(InputError):
             M.load_interventions(p)

@@ -86,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
         tasks = [dataclasses.replace(t, items=t.items[: args.task_limit]) for t in tasks]
     with claimed_output(args, "mitigate") as claim:
         model = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle)
+        from interp.fingerprint import model_weights_sha256
+
+        weights_sha256 = model_weights_sha256(model)  # before any work: the file cannot be written without it
         rows = load_rows(args.data, tokenizer=model.tokenizer)
         general = load_rows(args.general_data, tokenizer=model.tokenizer)
         from interp.cli.bench import tasks_digest
@@ -102,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         config = {"command": "mitigate", "model": str(args.model), "model_name": model_name(model), "inputs": inputs,
                   **result.settings, "n_rows": int(len(rows)), "n_general_rows": int(len(general)), "chosen": list(result.chosen)}  # fmt: skip
         M.export(claim.folder / "mitigation.json", model, result, table, name=args.name or "mitigation",
-                 extra={"model_source": str(args.model), "inputs": inputs})  # fmt: skip
+                 extra={"model_source": str(args.model), "inputs": inputs}, weights_sha256=weights_sha256)  # fmt: skip
         from interp.plots import mitigation_figure
 
         mitigation_figure(table, claim.folder / "pareto.png", title=f"{args.model}: {len(result.chosen)} components chosen",
