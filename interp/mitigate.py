@@ -271,7 +271,7 @@ def search(
     beam: int = 3,
     max_size: int = 8,
     max_checks: int = 12,
-    top_k_random: int = 5,
+    n_random: int = 5,
     seed: int = 0,
     batch_size: int = 32,
     progress: bool = True,
@@ -279,7 +279,8 @@ def search(
     """Split ``rows`` (memorized) and ``general_rows`` (general text) into seeded search and
     held-out halves and search the search halves (module docstring). ``tasks`` (with
     ``budget.acc``) are split item by item into halves the same way. ``max_checks`` bounds the
-    budget checks per beam step (extensions are checked in order of memorization removed).
+    budget checks per beam step (extensions are checked in order of memorization removed);
+    ``n_random`` random sets of the chosen set's composition are drawn as the null.
     Returns the chosen set, every score and the baselines' sets; ``report`` measures them on the
     held-out halves."""
     if how not in HOWS:
@@ -346,7 +347,7 @@ def search(
     split = {"search": mem_s.tolist(), "heldout": mem_h.tolist(), "general_search": gen_s.tolist(), "general_heldout": gen_h.tolist()}
     result = SearchResult(chosen=best, scores=scores, settings=settings, split=split)
     steps = {f"search step {i + 1}": p for i, p in enumerate(path[:-1])}  # the greedy path, for the figure's front
-    result.baselines = {"none": ()} | steps | _baselines(model, ev, scores, best, pool, budget, rows[mem_s], prefix_len, top_k_random, seed, batch_size)
+    result.baselines = {"none": ()} | steps | _baselines(model, ev, scores, best, pool, budget, rows[mem_s], prefix_len, n_random, seed, batch_size)
     return result
 
 
@@ -365,7 +366,7 @@ def _baselines(model, ev: _Evaluator, scores: pd.DataFrame, chosen, pool, budget
     single = scores[(scores.step == 0) & (scores.n_components == 1)].set_index("set")
     base = ev.memorization(())
     k = max(1, len(chosen))
-    out: dict[str, tuple[str, ...] | None] = {"none": (), "search": tuple(chosen)}
+    out: dict[str, tuple[str, ...] | None] = {"search": tuple(chosen)}
     blocks = single[single.index.str.startswith("block:")]
     if len(blocks):  # the paper's choice: the block whose bypass removes the most (within the budget, and at any cost)
         within = blocks[blocks.feasible.astype(bool)]

@@ -144,16 +144,16 @@ def test_search_picks_a_planted_decisive_head_first(planted):
     bridge = load_model(planted)
     rows = _memorized(bridge, n=12, seed=1)
     general = torch.randint(1, 500, (8, 24), generator=torch.Generator().manual_seed(2)).numpy()
-    res = M.search(bridge, rows, PREFIX, general, budget=M.Budget(ppl=1e6), levels=("head",), max_size=2, top_k_random=2,
+    res = M.search(bridge, rows, PREFIX, general, budget=M.Budget(ppl=1e6), levels=("head",), max_size=2, n_random=2,
                    progress=False)  # fmt: skip
     steps = res.scores[res.scores.in_beam.astype(bool)]
     assert steps[steps.step == 1].iloc[0]["set"] == "L1H2"
-    assert res.chosen[0] == "L1H2" or "L1H2" in res.chosen
+    assert "L1H2" in res.chosen
     assert res.baselines["none"] == ()
     # on general rows the model predicts well (its own continuations of other prefixes), removing
     # the planted head costs far more than 1% perplexity: a 1% budget keeps it out of every set
     own = _memorized(bridge, n=8, seed=9)
-    tight = M.search(bridge, rows, PREFIX, own, budget=M.Budget(ppl=0.01), max_size=2, top_k_random=0, progress=False)
+    tight = M.search(bridge, rows, PREFIX, own, budget=M.Budget(ppl=0.01), max_size=2, n_random=0, progress=False)
     single = tight.scores[(tight.scores.step == 0) & (tight.scores.set == "L1H2")].iloc[0]
     assert single.ppl_ratio > 1.01 and not single.feasible and "L1H2" not in tight.chosen
 
@@ -171,7 +171,7 @@ def searched(tiny_dirs):
     bridge = load_model(tiny_dirs["neox"])
     rows = _memorized(bridge, n=10, seed=5)
     general = np.random.default_rng(1).integers(1, 400, (8, 24))
-    res = M.search(bridge, rows, PREFIX, general, budget=M.Budget(ppl=0.5), max_size=2, top_k_random=2, progress=False)
+    res = M.search(bridge, rows, PREFIX, general, budget=M.Budget(ppl=0.5), max_size=2, n_random=2, progress=False)
     table = M.report(bridge, res, rows, PREFIX, general, n_boot=200, progress=False)
     return bridge, rows, general, res, table
 

@@ -212,6 +212,18 @@ def test_gated_mlp_constant_bounds_the_hf_sublayer(seed, d, d_mlp, scale, near):
         assert float(const[0, i]) == pytest.approx(want, rel=1e-4)
 
 
+def test_sliding_window_layers_are_refused(tmp_path):
+    """D5 covers full attention only: a Qwen2 with a sliding-window layer is refused in one sentence."""
+    import json
+
+    folder = make_tiny_model(tmp_path / "q", "qwen2", seed=1, n_layers=2, d_model=16, n_heads=2, n_ctx=32)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(use_sliding_window=True, sliding_window=4, layer_types=["full_attention", "sliding_attention"])
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match="sliding_attention"):
+        theory.theory_tables(load_model(folder), torch.zeros(1, 4, dtype=torch.long))
+
+
 def test_rms_segment_min_scale_is_the_minimum_over_the_segment():
     g = torch.Generator().manual_seed(0)
     for _ in range(50):
