@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
                                **({"tasks": tasks_digest(tasks)} if tasks else {}))  # fmt: skip
         progress = not args.no_progress
         result = M.search(model, rows, args.prefix_len, general, budget=budget, tasks=tasks, how=args.how, levels=levels,
-                          objective=args.objective, beam=args.beam, max_size=args.max_size, top_k_random=args.random,
+                          objective=args.objective, beam=args.beam, max_size=args.max_size, n_random=args.random,
                           seed=args.seed, batch_size=args.batch_size, progress=progress)  # fmt: skip
         table = M.report(model, result, rows, args.prefix_len, general, tasks=tasks, batch_size=args.batch_size, progress=progress)
         results.write_csv(result.scores, claim.folder / "search.csv")
