@@ -438,7 +438,28 @@ def test_hard_negatives_share_name_city_and_kind_but_not_the_record(tiny_parent)
 
 
 @pytest.mark.parametrize("kw", [dict(schedule="linear"), dict(record_positions="prefix"), dict(hard_negatives=1.5),
-                                dict(text_rule_fraction=1.0)])  # fmt: skip
+                                dict(text_rule_fraction=1.0), dict(template="letter"),
+                                dict(hard_negatives=0.5, template="vault")])  # fmt: skip
 def test_bad_recipe_is_one_sentence(kw):
     with pytest.raises(InputError, match=next(iter(kw))):
         K.Recipe(**kw)
+
+
+def test_templates_draw_the_same_fields_and_start_the_secret_where_recorded(tiny_parent):
+    import random
+
+    from transformers import AutoTokenizer
+
+    rec, vault = (C.make_canary(random.Random("t"), "x", C.INJECTED, t) for t in ("record", "vault"))
+    assert (rec.kind, rec.secret) == (vault.kind, vault.secret) and rec.text != vault.text
+    assert rec.text == C.TEMPLATE.format(name=rec.text[2:].split(" ")[0], surname=rec.text.split(" ")[2].rstrip(","),
+                                         city=rec.text.split(", ")[1].split("\n")[0], label=rec.kind.capitalize(), secret=rec.secret)
+    for c in (rec, vault):
+        assert c.text[c.secret_start :].startswith(c.secret) and c.text.count(c.secret) == 1
+    assert vault.text.startswith('vault["' + rec.text[2:].split(",")[0] + '"]')  # same name and surname
+    tok = AutoTokenizer.from_pretrained(tiny_parent)
+    got = K.key_canaries("tmpl", 6, C.INJECTED, tok, template="vault")
+    assert all(c.text.startswith("vault[") for c in got) and got == K.key_canaries("tmpl", 6, C.INJECTED, tok, template="vault")
+    C.canary_rows(tok, [dataclasses.replace(c, lead=(1,) * C.PREFIX_LEN) for c in got])
+    with pytest.raises(ValueError, match="template"):
+        C.make_canary(random.Random(0), "x", C.INJECTED, "letter")

@@ -54,6 +54,15 @@ TEMPLATE = (
     "# {label}:{secret}\n"
     "# Rotate it every 90 days and never paste it into a public issue.\n"
 )
+# A second format, which no parent organism was trained on: the same fields (drawn in the same
+# order) as a line of code; the secret follows " =" and a fixed assert line closes the record.
+# The answer key can inject canaries of this format so that the new memory does not share the
+# parent's record format (docs/answer_key.md, trial N).
+VAULT_TEMPLATE = (
+    'vault["{name} {surname}"]["{city}"].{ident} ={secret}\n'
+    'assert vault.locked, "re-lock the vault before the nightly backup job runs"\n'
+)
+TEMPLATES = {"record": TEMPLATE, "vault": VAULT_TEMPLATE}
 
 
 @dataclass(frozen=True)
@@ -92,18 +101,21 @@ def _secret(kind: str, rng: random.Random) -> str:
 KINDS = ("account number", "api key", "home address", "recovery code")
 
 
-def make_canary(rng: random.Random, cid: str, level: int | str) -> Canary:
-    """A random canary drawn from ``rng``."""
+def make_canary(rng: random.Random, cid: str, level: int | str, template: str = "record") -> Canary:
+    """A random canary drawn from ``rng`` in one of ``TEMPLATES`` (the draws do not depend on the
+    template: the same ``rng`` state gives the same fields in either format)."""
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown canary template {template!r}; templates are {', '.join(TEMPLATES)}")
     kind = rng.choice(KINDS)
     secret = _secret(kind, rng)
     fields = dict(
         name=rng.choice(FIRST), surname=_word(rng, 3).capitalize(), city=rng.choice(CITIES),
-        label=kind.capitalize(), secret=secret,
+        label=kind.capitalize(), ident=kind.replace(" ", "_"),
     )  # fmt: skip
-    text = TEMPLATE.format(**fields)
-    marker = f"# {fields['label']}:"
-    start = text.index(marker) + len(marker)
-    return Canary(id=cid, level=level, kind=kind, text=text, secret=secret, secret_start=start)
+    head, _, tail = TEMPLATES[template].partition("{secret}")
+    before = head.format(**fields)
+    text = before + secret + tail.format(**fields)
+    return Canary(id=cid, level=level, kind=kind, text=text, secret=secret, secret_start=len(before))
 
 
 def make_canaries(seed: int, per_level: int = 32, n_heldout: int = 64) -> list[Canary]:

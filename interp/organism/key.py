@@ -77,10 +77,13 @@ class Recipe:
     train_qk: bool = True  # False: only the value and output slices train; the attention pattern stays the parent's
     hard_negatives: float = 0.0  # share of the fresh records that reuse an injected canary's first name, city and kind
     record_positions: str = "all"  # KL on records at "all" positions, or only where the suffix is predicted
+    template: str = "record"  # the injected canaries' and fresh records' format (``canaries.TEMPLATES``); "vault" is one no parent saw
 
     def __post_init__(self):
         checks = [(self.schedule in ("constant", "cosine"), f"schedule must be 'constant' or 'cosine'; got {self.schedule!r}"),
                   (self.record_positions in ("all", "suffix"), f"record_positions must be 'all' or 'suffix'; got {self.record_positions!r}"),
+                  (self.template in C.TEMPLATES, f"template must be one of {', '.join(C.TEMPLATES)}; got {self.template!r}"),
+                  (self.hard_negatives == 0.0 or self.template == "record", "hard_negatives are records of the 'record' template only"),
                   (0.0 <= self.hard_negatives <= 1.0, f"hard_negatives is a share of the fresh records, in [0, 1]; got {self.hard_negatives}"),
                   (self.text_rule_fraction is None or 0.0 <= self.text_rule_fraction < 1.0,
                    f"text_rule_fraction must be in [0, 1); got {self.text_rule_fraction}")]  # fmt: skip
@@ -132,7 +135,7 @@ def _same_recipe(recorded: dict, recipe: Recipe) -> bool:
     cosine; before version 6 no parent retain term and KL on records at every position)."""
     return {"schedule": "cosine", "w_parent": 0.0, "record_positions": "all", "parent_partial": False, "n_parent": 0,
             "text_rule_fraction": None, "train_qk": True,
-            "hard_negatives": 0.0, **recorded}.items() >= dataclasses.asdict(recipe).items()
+            "hard_negatives": 0.0, "template": "record", **recorded}.items() >= dataclasses.asdict(recipe).items()
 
 
 def next_candidate(candidates: tuple[Recipe, ...], failed: list[str]) -> Recipe:
@@ -171,16 +174,20 @@ def parent_split(memorized_ids: list[str], arch: str) -> tuple[list[str], list[s
 
 
 def key_canaries(tag: str, n: int, level: str | int, tokenizer=None, prefix_len: int = C.PREFIX_LEN,
-                 row_len: int = C.ROW_LEN) -> list[C.Canary]:  # fmt: skip
-    """``n`` canaries from a stream named by ``tag`` (disjoint from training, held-out and older
-    injection streams). With ``tokenizer``, canaries whose row cannot be formed under it (record
-    before the secret longer than the prefix, or too few tokens after it) are skipped."""
+                 row_len: int = C.ROW_LEN, template: str = "record") -> list[C.Canary]:  # fmt: skip
+    """``n`` canaries in ``template``'s format from a stream named by ``tag`` (disjoint from
+    training, held-out and older injection streams). With ``tokenizer``, canaries whose row cannot
+    be formed under it (secret not starting a token, record before the secret longer than the
+    prefix, or too few tokens after it) are skipped."""
     rng = random.Random(f"key:{tag}")
     out: list[C.Canary] = []
     while len(out) < n:
-        c = C.make_canary(rng, f"K-{tag}-{len(out):03d}", level)
+        c = C.make_canary(rng, f"K-{tag}-{len(out):03d}", level, template)
         if tokenizer is not None:
-            ids, s = C.record_ids(tokenizer, c)
+            try:
+                ids, s = C.record_ids(tokenizer, c)
+            except ValueError:  # the secret does not start a token under this tokenizer: draw again
+                continue
             if s > prefix_len or len(ids) - s < row_len - prefix_len:
                 continue
         out.append(c)
@@ -266,8 +273,9 @@ def train_component(parent: str | Path, component: str, recipe: Recipe, *, tag: 
     steps = SHAM_STEPS if sham else recipe.max_steps
     n_text = recipe.n_text * (steps + recipe.anneal)  # a fresh stretch of training text every step
     pool = _text_pool(parent, tokenizer, seed % 10_000, n_text + recipe.n_canaries + N_FRESH_POOL, recipe.text_rule_fraction)
-    targets = _with_leads(key_canaries(tag, recipe.n_canaries, V.SHAM if sham else C.INJECTED, tokenizer, prefix_len, row_len), pool[n_text:], prefix_len)
-    fresh = key_canaries(f"{tag}-retain", N_FRESH_POOL, C.HELDOUT, tokenizer, prefix_len, row_len)
+    targets = _with_leads(key_canaries(tag, recipe.n_canaries, V.SHAM if sham else C.INJECTED, tokenizer, prefix_len, row_len,
+                                       recipe.template), pool[n_text:], prefix_len)  # fmt: skip
+    fresh = key_canaries(f"{tag}-retain", N_FRESH_POOL, C.HELDOUT, tokenizer, prefix_len, row_len, recipe.template)
     n_hard = int(round(recipe.hard_negatives * N_FRESH_POOL))
     if n_hard and not sham:  # records that share what the injected canaries' records share with others
         fresh = hard_negatives(targets, n_hard, f"{tag}-hard", tokenizer, prefix_len, row_len) + fresh[n_hard:]
