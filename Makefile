@@ -12,7 +12,7 @@ LOCK := constraints.txt
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup figures test clean-results lock real-setup real-test
+.PHONY: setup figures test clean-results lock real-setup real-test real
 
 setup: $(VENV)/.installed
 
@@ -41,6 +41,11 @@ real-setup: setup
 # The checks on the real model (tests/test_real.py; skipped by `make test` where it is not installed).
 real-test: real-setup
 	$(PY) -m pytest -q --jaxtyping-packages=interp,beartype.beartype -m real tests/test_real.py
+
+# The real model's job (analyses/real_model.py): results/real/ and figures/real/, steps reused when
+# their inputs (weights, code, passages) are unchanged.
+real: real-setup
+	$(PY) analyses/real_model.py
 
 clean-results:
 	rm -rf results
