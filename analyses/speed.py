@@ -30,11 +30,18 @@ and reports min and median.
     python analyses/speed.py --bench --threads 1               # benchmark protocol against HFLM
     python analyses/speed.py --organism neox                   # trained weights: the organism's canaries
     python analyses/speed.py --device cuda                     # on a GPU (also peak device memory)
+    python analyses/speed.py --heads --real --layers 0,10,20,29 --threads 1   # SmolLM2's heads (after `make real`)
 
 ``--organism ARCH`` swaps the workload for one with trained weights: the shipped organism (d_model
 192, 6 blocks, vocabulary 4096) and its trained canaries (duplication levels 1-64, 48 tokens,
 prefix 32), repeated in order to ``--n-seq`` rows; ``--memorized`` keeps only the canaries the
 organism reproduces (the rows a sweep is meant for).
+
+``--real`` (with ``--heads``) takes the real model instead: SmolLM2-135M from the wheel
+(``load_model("smollm2")``; 30 blocks of 9 heads) on the windows of the shipped passages it
+reproduces exactly (``results/real/memorized.npy``, written by ``make real``); ``--layers``
+keeps the heads of some blocks only, for both approaches (the reference takes about 35 s per
+head on one core), and the operation-count bound is computed for the same blocks.
 """
 
 from __future__ import annotations
@@ -93,6 +100,21 @@ def organism_inputs(out: Path, arch: str, n_seq: int, memorized: bool = False) -
     return organism_path(arch), rows_path, prefix_len
 
 
+def real_inputs(parser) -> tuple[Path, Path]:
+    """SmolLM2's folder and the windows it reproduces (``make real`` writes them)."""
+    from interp.errors import InputError
+    from interp.real import smollm2_folder
+
+    rows_path = ROOT / "results" / "real" / "memorized.npy"
+    try:
+        folder = smollm2_folder()
+    except InputError as err:
+        parser.error(f"--real: {err}")
+    if not rows_path.is_file():
+        parser.error(f"--real: {rows_path} is missing: run `make real` first")
+    return folder, rows_path
+
+
 def model_shape(folder: Path) -> dict:
     """The shape numbers ``arithmetic_bound`` reads, from a model folder's config.json."""
     config = json.loads((folder / "config.json").read_text())
@@ -102,20 +124,20 @@ def model_shape(folder: Path) -> dict:
 
 
 def worker_ours(folder: Path, rows: np.ndarray, prefix_len: int, batch_size: int, heads: bool, device: str = "cpu",
-                decode_rows: int | None = None) -> pd.DataFrame:  # fmt: skip
+                decode_rows: int | None = None, layers: list[int] | None = None) -> pd.DataFrame:  # fmt: skip
     from interp.localize import head_bypass_sweep
     from interp.memorization import sweep
     from interp.models import load_model
 
     model = load_model(folder, device=device)
     if heads:  # the per-head sweep: all heads of a layer share one teacher-forced pass
-        return head_bypass_sweep(model, rows, prefix_len, batch_size=batch_size)
+        return head_bypass_sweep(model, rows, prefix_len, layers=layers, batch_size=batch_size)
     return sweep(model, rows, prefix_len, batch_size=batch_size, progress=False, decode_rows=decode_rows)
 
 
 @torch.no_grad()
 def worker_reference(folder: Path, rows: np.ndarray, prefix_len: int, batch_size: int, device: str = "cpu",
-                     heads: bool = False) -> pd.DataFrame:  # fmt: skip
+                     heads: bool = False, layers: list[int] | None = None) -> pd.DataFrame:  # fmt: skip
     """The reference approach, config after config: baseline plus every block bypassed, or with
     ``heads`` every single head bypassed (``L{l}H{h}``)."""
     from interp import metrics
@@ -129,7 +151,7 @@ def worker_reference(folder: Path, rows: np.ndarray, prefix_len: int, batch_size
     L = hf.config.num_hidden_layers
     H = hf.config.num_attention_heads if hasattr(hf.config, "num_attention_heads") else hf.config.num_heads
     if heads:
-        configs = [(f"L{l}H{h}", [l], [h]) for l in range(L) for h in range(H)]
+        configs = [(f"L{l}H{h}", [l], [h]) for l in (range(L) if layers is None else layers) for h in range(H)]
     else:
         configs = [("baseline", [], None)] + [(f"block:{l}", [l], None) for l in range(L)]
     for config, layers, head in configs:
@@ -175,18 +197,20 @@ def arithmetic_bound(shape: dict, prefix_len: int, seq_len: int) -> dict:
             "arithmetic_speedup_bound": ref_sweep / ours, "arithmetic_speedup_bound_with_reuse": ref_sweep / (ours - reuse)}  # fmt: skip
 
 
-def head_arithmetic_bound(shape: dict, prefix_len: int, seq_len: int) -> dict:
+def head_arithmetic_bound(shape: dict, prefix_len: int, seq_len: int, layers: list[int] | None = None) -> dict:
     """Multiply-accumulates per row of the all-heads sweep (every single head bypassed), counted
     as in ``arithmetic_bound``, in our best case: no bypassed row needs decoding (every row the
     model reproduces stays reproduced). Reference, per head: ``generate`` plus a teacher-forced
     pass unembedding every position. Ours: one unmodified pass, then per head of block l a
     teacher-forced pass through blocks l..L-1 only, unembedding the suffix. Rows that do need
-    decoding add to ours, so the measured ratio sits below this."""
+    decoding add to ours, so the measured ratio sits below this. ``layers``: only those blocks'
+    heads are swept (by both)."""
     d, L, V, H = shape["d_model"], shape["n_layers"], shape["vocab_size"], shape["n_heads"]
+    layers = list(range(L)) if layers is None else list(layers)
     T, n = seq_len - prefix_len, seq_len - 1
     block, unembed = 12 * d * d, d * V
-    reference = H * L * ((n + n) * L * block + (T + n) * unembed)
-    ours = (n * L * block + T * unembed) + H * sum(n * (L - l) * block + T * unembed for l in range(L))
+    reference = H * len(layers) * ((n + n) * L * block + (T + n) * unembed)
+    ours = (n * L * block + T * unembed) + H * sum(n * (L - l) * block + T * unembed for l in layers)
     return {"reference_gmac_per_row": reference / 1e9, "ours_best_case_gmac_per_row": ours / 1e9,
             "arithmetic_speedup_bound_no_decode": reference / ours}  # fmt: skip
 
@@ -301,10 +325,11 @@ def run_worker(args) -> None:
     elif args.worker == "bench-hflm":
         df = worker_bench_hflm(Path(args.model), args.batch_size, args.device, args.limit)
     elif args.worker in ("reference", "heads-reference"):
-        df = worker_reference(Path(args.model), rows, args.prefix_len, args.batch_size, args.device, args.worker == "heads-reference")
+        df = worker_reference(Path(args.model), rows, args.prefix_len, args.batch_size, args.device, args.worker == "heads-reference",
+                              args.layers)  # fmt: skip
     else:
         df = worker_ours(Path(args.model), rows, args.prefix_len, args.batch_size, args.worker == "heads", args.device,
-                         args.decode_rows)  # fmt: skip
+                         args.decode_rows, args.layers)  # fmt: skip
     if cuda:
         torch.cuda.synchronize()
     seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
@@ -321,7 +346,8 @@ def spawn(kind: str, folder: Path, rows_path: Path | None, out: Path, args) -> t
            "--result", str(result), "--prefix-len", str(args.prefix_len), "--batch-size", str(args.batch_size),
            "--device", args.device, *(["--decode-rows", str(args.decode_rows)] if args.decode_rows is not None else []),
            *(["--limit", str(args.limit)] if args.limit is not None else []),
-           *(["--threads", str(args.threads)] if args.threads is not None else [])]  # fmt: skip
+           *(["--threads", str(args.threads)] if args.threads is not None else []),
+           *(["--layers", ",".join(map(str, args.layers))] if args.layers is not None else [])]  # fmt: skip
     subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return pd.read_parquet(result), json.loads(result.with_suffix(".json").read_text())
 
@@ -373,6 +399,10 @@ def main() -> int:
                    help="with --organism: only the canaries the organism reproduces, repeated to --n-seq rows")
     p.add_argument("--decode-rows", type=int, default=None,
                    help="cap on the rows of one joint decode in our sweep (default: the library's, 2 GiB of KV cache)")
+    p.add_argument("--real", action="store_true",
+                   help="with --heads: SmolLM2-135M (the `real` extra) on the passage windows it reproduces (results/real/memorized.npy, "
+                        "from `make real`)")
+    p.add_argument("--layers", default=None, help="with --heads: comma-separated blocks whose heads are swept (default: all)")
     p.add_argument("--device", default="cpu", help="torch device for both approaches, e.g. cuda (default cpu)")
     p.add_argument("--out", default=None, help="working folder (default results/speed, or results/speed-organism-ARCH)")
     p.add_argument("--worker", choices=["reference", "ours", "heads", "heads-reference", "bench", "bench-hflm"], help=argparse.SUPPRESS)
@@ -394,14 +424,28 @@ def main() -> int:
         p.error("--memorized needs --organism (the random-weight workload is memorized by construction)")
     if args.decode_rows is not None and args.decode_rows < args.batch_size:
         p.error(f"--decode-rows ({args.decode_rows}) must be at least --batch-size ({args.batch_size})")
+    if args.layers is not None:
+        try:
+            args.layers = sorted({int(x) for x in args.layers.split(",")})
+        except ValueError:
+            p.error(f"--layers takes comma-separated block numbers; got {args.layers!r}")
+        if not args.heads and not args.worker:
+            p.error("--layers needs --heads")
+    if args.real and (not args.heads or args.organism):
+        p.error("--real is a workload for --heads, and replaces --organism")
     if args.worker:
         run_worker(args)
         return 0
     if args.bench:
         return bench_main(args)
-    out = Path(args.out or ROOT / "results" / ("speed" if not args.organism else f"speed-organism-{args.organism}"))
+    out = Path(args.out or ROOT / "results" / ("speed-real" if args.real else "speed" if not args.organism else f"speed-organism-{args.organism}"))
     out.mkdir(parents=True, exist_ok=True)
-    if args.organism:
+    if args.real:
+        folder, rows_path = real_inputs(p)
+        args.prefix_len, args.seq_len = 32, int(np.load(rows_path, mmap_mode="r").shape[1])
+        if args.layers is not None and max(args.layers) >= model_shape(folder)["n_layers"]:
+            p.error(f"--layers: the model has blocks 0-{model_shape(folder)['n_layers'] - 1}")
+    elif args.organism:
         folder, rows_path, args.prefix_len = organism_inputs(out, args.organism, args.n_seq, args.memorized)
         args.seq_len = int(np.load(rows_path, mmap_mode="r").shape[1])
     else:
@@ -431,7 +475,8 @@ def main() -> int:
         "bypassed_rows_decoded": round(1 - float(ours[ours.config != "baseline"].exact_match.mean()), 3),
     }  # fmt: skip
     if args.heads:
-        bound = head_arithmetic_bound(model_shape(folder), args.prefix_len, args.seq_len)
+        bound = head_arithmetic_bound(model_shape(folder), args.prefix_len, args.seq_len, args.layers)
+        summary["layers"] = "all" if args.layers is None else ",".join(map(str, args.layers))
         summary.update({k: round(v, 2) for k, v in bound.items()})
     else:
         bound = arithmetic_bound(model_shape(folder), args.prefix_len, args.seq_len)
@@ -440,6 +485,8 @@ def main() -> int:
             matmul = matmul_gflops(model_shape(folder))
             ceiling = speedup_ceiling(bound, summary["n_seq"], t_ref["seconds_median"], matmul)
             summary.update({k: round(v, 2) for k, v in ceiling.items()})
+    if args.real:
+        summary = {"workload": "smollm2: reproduced passage windows (results/real/memorized.npy)", **summary}
     if args.organism:
         summary = {"workload": f"organism:{args.organism} canaries" + (" (memorized only)" if args.memorized else ""), **summary}
     (out / ("heads_summary.json" if args.heads else "summary.json")).write_text(json.dumps(summary, indent=2))

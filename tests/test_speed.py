@@ -86,7 +86,11 @@ def test_organism_workload_tiles_the_trained_canaries(tmp_path, arch):
          torch.cuda.is_available(), reason="a CUDA device is present")),
      (["--decode-rows", "3"], "--decode-rows (3) must be at least --batch-size (64)"),
      (["--repeat", "0"], "--repeat must be at least 1"),
-     (["--memorized"], "--memorized needs --organism")],
+     (["--memorized"], "--memorized needs --organism"),
+     (["--layers", "1"], "--layers needs --heads"),
+     (["--heads", "--layers", "1,x"], "--layers takes comma-separated block numbers"),
+     (["--real"], "--real is a workload for --heads"),
+     (["--heads", "--real", "--organism", "neo"], "--real is a workload for --heads")],
 )  # fmt: skip
 def test_bad_option_is_refused_before_any_work(tmp_path, args, message):
     """``--device`` names a device this torch can use and ``--decode-rows`` is at least the batch
@@ -127,3 +131,14 @@ def test_head_bound_by_hand():
     assert got["reference_gmac_per_row"] == pytest.approx(reference / 1e9)
     assert got["ours_best_case_gmac_per_row"] == pytest.approx(ours / 1e9)
     assert got["arithmetic_speedup_bound_no_decode"] == pytest.approx(reference / ours)
+
+
+def test_head_bound_for_some_layers_by_hand():
+    """With ``layers`` both sides sweep only those blocks' heads; the unmodified pass stays."""
+    shape = {"d_model": 10, "n_layers": 2, "vocab_size": 7, "n_heads": 2}
+    T, n, block, unembed = 2, 4, 1200, 70
+    reference = 2 * 1 * ((n + n) * 2 * block + (T + n) * unembed)
+    ours = (n * 2 * block + T * unembed) + 2 * (n * 1 * block + T * unembed)
+    got = speed.head_arithmetic_bound(shape, 3, 5, layers=[1])
+    assert got["reference_gmac_per_row"] == pytest.approx(reference / 1e9)
+    assert got["ours_best_case_gmac_per_row"] == pytest.approx(ours / 1e9)
