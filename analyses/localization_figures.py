@@ -219,7 +219,12 @@ def tag(folder: Path) -> str:
 
 
 def display_name(cfg: dict) -> str:
-    """The model's name for figures and tables: a local folder by its name, never a machine path."""
+    """The model's name for figures and tables: a named real model by its name (its folder is a
+    cache key), a local folder by its name, never a machine path."""
+    from interp.real import NAMES
+
+    if cfg.get("model") in NAMES:
+        return str(cfg["model"])
     name = str(cfg.get("model_name", ""))
     return Path(name).name if Path(name).is_absolute() else name
 

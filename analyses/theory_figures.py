@@ -115,7 +115,9 @@ def load(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     config = folder / "config.json"
     if config.is_file():
         cfg = json.loads(config.read_text())
-        model = Path(str(cfg.get("model_name") or cfg.get("model"))).name
+        from interp.real import NAMES
+
+        model = cfg["model"] if cfg.get("model") in NAMES else Path(str(cfg.get("model_name") or cfg.get("model"))).name
         title = f"{folder.name} (model {model}): {cfg.get('n_rows')} rows x {cfg.get('row_len')} tokens"
     return bounds, propagation, f"Attention bypass bounds (our formulation) — {title}"
 

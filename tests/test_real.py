@@ -73,3 +73,20 @@ def test_cached_greedy_equals_hf(models, tokens):
     with HFBypass(hf, [7], [2, 4]):
         ref = hf_greedy(hf, tokens[:, :12], 8)
     assert torch.equal(ours.cpu(), ref)
+
+
+def test_every_shipped_passage_makes_a_window_and_counting_is_reproduced(models):
+    """Every shipped text passage is long enough for one 64-token window under SmolLM2's
+    tokenizer, and the counting pattern is reproduced at suffix 32 (what `make real` found),
+    checked by HF's own greedy decoding."""
+    from interp.passages import TEXT_KINDS, load_passages, mine, windows
+
+    bridge, hf = models
+    ps = load_passages()
+    _, meta = windows(bridge.tokenizer, ps, 32, 32, 8)
+    assert set(meta.passage) >= {p.id for p in ps if p.kind in TEXT_KINDS}
+    count = [p for p in ps if p.id == "count-1-100"]
+    got = mine(bridge, count, stride=64)
+    rows, _ = windows(bridge.tokenizer, count, 32, 32, 64)
+    gen = hf_greedy(hf, torch.as_tensor(rows[:, :32]), 32)
+    assert got["exact_32"].all() and (gen.numpy() == rows[:, 32:]).all()
