@@ -40,8 +40,8 @@ organism reproduces (the rows a sweep is meant for).
 ``--real`` (with ``--heads``) takes the real model instead: SmolLM2-135M from the wheel
 (``load_model("smollm2")``; 30 blocks of 9 heads) on the windows of the shipped passages it
 reproduces exactly (``results/real/memorized.npy``, written by ``make real``); ``--layers``
-keeps the heads of some blocks only, for both approaches (the reference takes about 35 s per
-head on one core), and the operation-count bound is computed for the same blocks.
+keeps the heads of some blocks only, for both approaches (the reference took about 50 s per
+head on one core for 41 rows), and the operation-count bound is computed for the same blocks.
 """
 
 from __future__ import annotations
@@ -100,8 +100,9 @@ def organism_inputs(out: Path, arch: str, n_seq: int, memorized: bool = False) -
     return organism_path(arch), rows_path, prefix_len
 
 
-def real_inputs(parser) -> tuple[Path, Path]:
-    """SmolLM2's folder and the windows it reproduces (``make real`` writes them)."""
+def real_inputs(parser) -> tuple[Path, Path, int]:
+    """SmolLM2's folder, the windows it reproduces (``make real`` writes them) and their prefix
+    length."""
     from interp.errors import InputError
     from interp.real import smollm2_folder
 
@@ -112,7 +113,9 @@ def real_inputs(parser) -> tuple[Path, Path]:
         parser.error(f"--real: {err}")
     if not rows_path.is_file():
         parser.error(f"--real: {rows_path} is missing: run `make real` first")
-    return folder, rows_path
+    from real_model import PREFIX_LEN
+
+    return folder, rows_path, PREFIX_LEN
 
 
 def model_shape(folder: Path) -> dict:
@@ -438,17 +441,21 @@ def main() -> int:
         return 0
     if args.bench:
         return bench_main(args)
+    if args.real:
+        folder, rows_path, args.prefix_len = real_inputs(p)
+        args.seq_len = int(np.load(rows_path, mmap_mode="r").shape[1])
+    if args.layers is not None:  # refused before any work, whichever the workload
+        from interp.organism import organism_path
+
+        n_layers = (model_shape(folder) if args.real else model_shape(organism_path(args.organism)) if args.organism else SHAPE)["n_layers"]
+        if min(args.layers) < 0 or max(args.layers) >= n_layers:
+            p.error(f"--layers: the model has blocks 0-{n_layers - 1}; got {','.join(map(str, args.layers))}")
     out = Path(args.out or ROOT / "results" / ("speed-real" if args.real else "speed" if not args.organism else f"speed-organism-{args.organism}"))
     out.mkdir(parents=True, exist_ok=True)
-    if args.real:
-        folder, rows_path = real_inputs(p)
-        args.prefix_len, args.seq_len = 32, int(np.load(rows_path, mmap_mode="r").shape[1])
-        if args.layers is not None and max(args.layers) >= model_shape(folder)["n_layers"]:
-            p.error(f"--layers: the model has blocks 0-{model_shape(folder)['n_layers'] - 1}")
-    elif args.organism:
+    if args.organism:
         folder, rows_path, args.prefix_len = organism_inputs(out, args.organism, args.n_seq, args.memorized)
         args.seq_len = int(np.load(rows_path, mmap_mode="r").shape[1])
-    else:
+    elif not args.real:  # (the real model's inputs were read above)
         folder, rows_path = build_inputs(out, args.n_seq, args.seq_len, args.prefix_len, args.batch_size)
     ours_kind, ref_kind = ("heads", "heads-reference") if args.heads else ("ours", "reference")
     runs: dict[str, list[dict]] = {ours_kind: [], ref_kind: []}

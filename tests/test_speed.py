@@ -89,6 +89,8 @@ def test_organism_workload_tiles_the_trained_canaries(tmp_path, arch):
      (["--memorized"], "--memorized needs --organism"),
      (["--layers", "1"], "--layers needs --heads"),
      (["--heads", "--layers", "1,x"], "--layers takes comma-separated block numbers"),
+     (["--heads", "--layers", "0,6"], "--layers: the model has blocks 0-5"),
+     (["--heads", "--organism", "neo", "--layers", "-1"], "--layers: the model has blocks 0-5"),
      (["--real"], "--real is a workload for --heads"),
      (["--heads", "--real", "--organism", "neo"], "--real is a workload for --heads")],
 )  # fmt: skip
