@@ -69,7 +69,7 @@ def organism_passages(tmp_path_factory):
     chosen = C.select(clist, 64)[:6] + C.select(clist, C.HELDOUT)[:4]
     lines = []
     for c in chosen:
-        row = C.canary_row(tok, dataclass_lead(c, tok, prefix_len), prefix_len, row_len)
+        row = C.canary_row(tok, _with_lead(c, tok, prefix_len), prefix_len, row_len)
         text = tok.decode(row)
         if tok(text, add_special_tokens=False)["input_ids"] == row:  # only rows that survive a text round trip
             lines.append({"id": c.id, "kind": "pattern" if c.level == C.HELDOUT else "prose", "source": "canary", "text": text})
@@ -78,7 +78,7 @@ def organism_passages(tmp_path_factory):
     return model, load_passages(path), prefix_len, row_len
 
 
-def dataclass_lead(c, tok, prefix_len):
+def _with_lead(c, tok, prefix_len):
     """Held-out canaries have no lead: give them a fixed one so their row can be formed."""
     import dataclasses
 
